@@ -1,0 +1,4 @@
+//! Clients for the outside world: the chat model and the retrieval index.
+
+pub mod model;
+pub mod retrieval;

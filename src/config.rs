@@ -1,0 +1,496 @@
+//! Typed configuration, loaded once at startup from the environment (and `.env`).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+
+/// The Python version's JWT secret, kept as the default so its tokens stay valid.
+pub const DEFAULT_JWT_SECRET: &str = "eloquentaioperator";
+
+/// A configuration problem, rendered as one line naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+/// A string that never prints its value (API keys, JWT secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The raw value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where the data lives, parsed from `DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// A SQLite file (created when missing).
+    SqliteFile(PathBuf),
+    /// A private in-memory SQLite database.
+    SqliteMemory,
+    /// A PostgreSQL URL, normalised to the `postgres://` scheme.
+    Postgres(String),
+}
+
+impl DatabaseTarget {
+    /// Accepts the SQLAlchemy spellings of the Python version as well as sqlx's.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        for prefix in [
+            "postgresql+psycopg2://",
+            "postgresql+psycopg://",
+            "postgresql+asyncpg://",
+            "postgresql://",
+            "postgres://",
+        ] {
+            if let Some(rest) = url.strip_prefix(prefix) {
+                if rest.is_empty() {
+                    return Err("PostgreSQL URL has no host".into());
+                }
+                return Ok(Self::Postgres(format!("postgres://{rest}")));
+            }
+        }
+        let Some(rest) = url.strip_prefix("sqlite:") else {
+            return Err(format!(
+                "unsupported URL {:?}: expected sqlite:///FILE or postgresql://...",
+                scheme_of(url)
+            ));
+        };
+        // Query options (e.g. `?mode=rwc`) are sqlx's; we always create the file.
+        let rest = rest.split('?').next().unwrap_or_default();
+        let path = match rest {
+            "" | "//" | ":memory:" | "///:memory:" | "//:memory:" => return Ok(Self::SqliteMemory),
+            // SQLAlchemy: four slashes = absolute path, three = relative to the cwd.
+            r if r.starts_with("////") => format!("/{}", &r[4..]),
+            r if r.starts_with("///") => r[3..].to_string(),
+            r if r.starts_with("//") => r[2..].to_string(),
+            r => r.to_string(),
+        };
+        if path.trim().is_empty() {
+            return Err("SQLite URL has no file name".into());
+        }
+        Ok(Self::SqliteFile(PathBuf::from(path)))
+    }
+}
+
+fn scheme_of(url: &str) -> &str {
+    url.split(':').next().unwrap_or(url)
+}
+
+/// Origins allowed by CORS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+/// Pinecone records-search settings; present only when key and host are both set.
+#[derive(Debug, Clone)]
+pub struct PineconeConfig {
+    pub api_key: Secret,
+    /// Base URL with scheme, without trailing slash.
+    pub base_url: String,
+    pub namespace: String,
+    pub top_k: u32,
+    pub text_field: String,
+    pub category_field: String,
+    pub api_version: String,
+    pub timeout: Duration,
+}
+
+/// OpenAI-compatible model settings.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub api_key: Option<Secret>,
+    pub base_url: String,
+    pub model: String,
+    pub connect_timeout: Duration,
+    /// Longest silence allowed from the upstream, before the first token and between tokens.
+    pub idle_timeout: Duration,
+    /// Longest a whole answer may take.
+    pub total_timeout: Duration,
+}
+
+/// Everything the server reads from the environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app_env: String,
+    pub host: IpAddr,
+    pub port: u16,
+    pub database: DatabaseTarget,
+    pub db_pool_size: u32,
+    pub db_acquire_timeout: Duration,
+    pub model: ModelConfig,
+    pub pinecone: Option<PineconeConfig>,
+    pub jwt_secret: Secret,
+    pub jwt_algorithm: Algorithm,
+    pub jwt_expire_minutes: i64,
+    pub bcrypt_cost: u32,
+    pub cors_allow_origins: CorsOrigins,
+    pub rate_limit_auth_per_minute: u32,
+    pub rate_limit_chat_per_minute: u32,
+    pub trust_forwarded_for: bool,
+    pub max_body_bytes: usize,
+    pub max_message_chars: usize,
+    pub history_max_messages: usize,
+    pub request_timeout: Duration,
+    pub sse_keepalive: Duration,
+    pub ws_idle_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Reads the process environment (after loading `.env` when present).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is an error worth stopping for.
+        if let Err(err) = dotenvy::dotenv()
+            && !err.not_found()
+        {
+            return Err(ConfigError {
+                variable: ".env",
+                reason: err.to_string(),
+            });
+        }
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any variable lookup (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let pinecone_key = env.optional("PINECONE_API_KEY");
+        let pinecone_host = env.optional("PINECONE_HOST");
+        let pinecone = match (pinecone_key, pinecone_host) {
+            (Some(key), Some(host)) => Some(PineconeConfig {
+                api_key: Secret::new(key),
+                base_url: pinecone_base_url(&host).map_err(|reason| ConfigError {
+                    variable: "PINECONE_HOST",
+                    reason,
+                })?,
+                namespace: env.string("PINECONE_NAMESPACE", "__default__"),
+                top_k: env.parse_in("PINECONE_TOP_K", 10, 1..=1000)?,
+                text_field: env.string("PINECONE_TEXT_FIELD", "text"),
+                category_field: env.string("PINECONE_CATEGORY_FIELD", "category"),
+                api_version: env.string("PINECONE_API_VERSION", "2025-04"),
+                timeout: Duration::from_millis(env.parse_in(
+                    "PINECONE_TIMEOUT_MS",
+                    5000,
+                    1..=120_000,
+                )?),
+            }),
+            _ => None,
+        };
+        let base_url = env.string("OPENAI_BASE_URL", "https://api.openai.com/v1");
+        url::Url::parse(&base_url).map_err(|err| ConfigError {
+            variable: "OPENAI_BASE_URL",
+            reason: format!("not a URL ({err})"),
+        })?;
+        let model = ModelConfig {
+            api_key: env.optional("OPENAI_API_KEY").map(Secret::new),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            model: env.string("OPENAI_MODEL", "gpt-4o"),
+            connect_timeout: Duration::from_secs(env.parse_in(
+                "MODEL_CONNECT_TIMEOUT_SECS",
+                10,
+                1..=600,
+            )?),
+            idle_timeout: Duration::from_secs(env.parse_in(
+                "MODEL_IDLE_TIMEOUT_SECS",
+                60,
+                1..=3600,
+            )?),
+            total_timeout: Duration::from_secs(env.parse_in(
+                "MODEL_TOTAL_TIMEOUT_SECS",
+                300,
+                1..=86_400,
+            )?),
+        };
+        let database_url = env.string("DATABASE_URL", "sqlite:///./chat.db");
+        let database = DatabaseTarget::parse(&database_url).map_err(|reason| ConfigError {
+            variable: "DATABASE_URL",
+            reason,
+        })?;
+        let jwt_algorithm = match env.string("JWT_ALGORITHM", "HS256").as_str() {
+            "HS256" => Algorithm::HS256,
+            "HS384" => Algorithm::HS384,
+            "HS512" => Algorithm::HS512,
+            other => {
+                return Err(ConfigError {
+                    variable: "JWT_ALGORITHM",
+                    reason: format!("{other:?} is not supported (use HS256, HS384 or HS512)"),
+                });
+            }
+        };
+        let app_env = env.string("APP_ENV", "development");
+        let jwt_secret = Secret::new(env.string("JWT_SECRET", DEFAULT_JWT_SECRET));
+        if app_env == "production" && jwt_secret.expose() == DEFAULT_JWT_SECRET {
+            return Err(ConfigError {
+                variable: "JWT_SECRET",
+                reason: "the built-in default secret is refused when APP_ENV=production".into(),
+            });
+        }
+        let cors_allow_origins = {
+            let raw = env.string("CORS_ALLOW_ORIGINS", "*");
+            let origins: Vec<String> = raw
+                .split(',')
+                .map(|origin| origin.trim().trim_end_matches('/').to_string())
+                .filter(|origin| !origin.is_empty())
+                .collect();
+            if origins.is_empty() || origins.iter().any(|origin| origin == "*") {
+                CorsOrigins::Any
+            } else {
+                for origin in &origins {
+                    http::HeaderValue::from_str(origin).map_err(|_| ConfigError {
+                        variable: "CORS_ALLOW_ORIGINS",
+                        reason: format!("{origin:?} is not a valid origin"),
+                    })?;
+                }
+                CorsOrigins::List(origins)
+            }
+        };
+        let log_format = match env.string("LOG_FORMAT", "text").as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError {
+                    variable: "LOG_FORMAT",
+                    reason: format!("{other:?} is not text or json"),
+                });
+            }
+        };
+        Ok(Self {
+            app_env,
+            host: env.parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
+            port: env.parse("PORT", 8000)?,
+            database,
+            db_pool_size: env.parse_in("DB_POOL_SIZE", 30, 1..=10_000)?,
+            db_acquire_timeout: Duration::from_secs(env.parse_in(
+                "DB_ACQUIRE_TIMEOUT_SECS",
+                5,
+                1..=600,
+            )?),
+            model,
+            pinecone,
+            jwt_secret,
+            jwt_algorithm,
+            jwt_expire_minutes: env.parse_in("JWT_EXPIRE_MINUTES", 60, 1..=525_600)?,
+            bcrypt_cost: env.parse_in("BCRYPT_COST", 12, 4..=31)?,
+            cors_allow_origins,
+            rate_limit_auth_per_minute: env.parse("RATE_LIMIT_AUTH_PER_MINUTE", 10)?,
+            rate_limit_chat_per_minute: env.parse("RATE_LIMIT_CHAT_PER_MINUTE", 30)?,
+            trust_forwarded_for: env.parse("TRUST_FORWARDED_FOR", false)?,
+            max_body_bytes: env.parse_in("MAX_BODY_BYTES", 65_536, 256..=64 * 1024 * 1024)?,
+            max_message_chars: env.parse_in("MAX_MESSAGE_CHARS", 8000, 1..=1_000_000)?,
+            history_max_messages: env.parse_in("HISTORY_MAX_MESSAGES", 20, 0..=10_000)?,
+            request_timeout: Duration::from_secs(env.parse_in(
+                "REQUEST_TIMEOUT_SECS",
+                120,
+                1..=3600,
+            )?),
+            sse_keepalive: Duration::from_secs(env.parse_in("SSE_KEEPALIVE_SECS", 15, 1..=600)?),
+            ws_idle_timeout: Duration::from_secs(env.parse_in(
+                "WS_IDLE_TIMEOUT_SECS",
+                60,
+                1..=3600,
+            )?),
+            log_format,
+        })
+    }
+
+    /// True when `JWT_SECRET` was left at the Python default.
+    pub fn uses_default_jwt_secret(&self) -> bool {
+        self.jwt_secret.expose() == DEFAULT_JWT_SECRET
+    }
+}
+
+/// A bare host means HTTPS; a value with a scheme is used as given.
+fn pinecone_base_url(host: &str) -> Result<String, String> {
+    let host = host.trim().trim_end_matches('/');
+    let url = if host.contains("://") {
+        host.to_string()
+    } else {
+        format!("https://{host}")
+    };
+    url::Url::parse(&url).map_err(|err| format!("not a host or URL ({err})"))?;
+    Ok(url)
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn optional(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|value| value.trim().to_string())
+            .filter(|value| !value.is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.optional(name).unwrap_or_else(|| default.to_string())
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str, default: T) -> Result<T, ConfigError> {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|_| ConfigError {
+                variable: name,
+                reason: format!("{raw:?} is not a valid {}", short_type_name::<T>()),
+            }),
+        }
+    }
+
+    fn parse_in<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+    {
+        let value = self.parse(name, default)?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError {
+                variable: name,
+                reason: format!(
+                    "{value} is out of range {}..={}",
+                    range.start(),
+                    range.end()
+                ),
+            })
+        }
+    }
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn database_url_forms() {
+        let cases = [
+            ("sqlite:///./chat.db", DatabaseTarget::SqliteFile("./chat.db".into())),
+            ("sqlite:///chat.db", DatabaseTarget::SqliteFile("chat.db".into())),
+            ("sqlite:////tmp/x.db", DatabaseTarget::SqliteFile("/tmp/x.db".into())),
+            ("sqlite:data.db", DatabaseTarget::SqliteFile("data.db".into())),
+            ("sqlite://data.db?mode=rwc", DatabaseTarget::SqliteFile("data.db".into())),
+            ("sqlite://", DatabaseTarget::SqliteMemory),
+            ("sqlite::memory:", DatabaseTarget::SqliteMemory),
+            (
+                "postgresql+psycopg2://u:p@h:5432/db",
+                DatabaseTarget::Postgres("postgres://u:p@h:5432/db".into()),
+            ),
+            (
+                "postgresql://u@h/db",
+                DatabaseTarget::Postgres("postgres://u@h/db".into()),
+            ),
+            (
+                "postgres://u@h/db",
+                DatabaseTarget::Postgres("postgres://u@h/db".into()),
+            ),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(DatabaseTarget::parse(url), Ok(expected), "{url}");
+        }
+        assert!(DatabaseTarget::parse("mysql://x").is_err());
+    }
+
+    #[test]
+    fn defaults_load_without_any_variable() {
+        let config = load(&[]).expect("defaults are valid");
+        assert_eq!(config.port, 8000);
+        assert_eq!(config.database, DatabaseTarget::SqliteFile("./chat.db".into()));
+        assert!(config.pinecone.is_none());
+        assert!(config.model.api_key.is_none());
+        assert_eq!(config.model.model, "gpt-4o");
+        assert!(config.uses_default_jwt_secret());
+        assert_eq!(config.cors_allow_origins, CorsOrigins::Any);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("PORT", "eighty"),
+            ("DATABASE_URL", "mysql://x"),
+            ("JWT_ALGORITHM", "RS256"),
+            ("OPENAI_BASE_URL", "not a url"),
+            ("BCRYPT_COST", "2"),
+            ("MAX_BODY_BYTES", "-1"),
+        ] {
+            let err = load(&[(name, value)]).expect_err(name);
+            assert_eq!(err.variable, name);
+            assert!(!err.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn default_secret_refused_in_production() {
+        let err = load(&[("APP_ENV", "production")]).expect_err("must refuse");
+        assert_eq!(err.variable, "JWT_SECRET");
+        assert!(load(&[("APP_ENV", "production"), ("JWT_SECRET", "s3cret-long")]).is_ok());
+    }
+
+    #[test]
+    fn pinecone_host_forms() {
+        let bare = load(&[("PINECONE_API_KEY", "k"), ("PINECONE_HOST", "idx.svc.pinecone.io")])
+            .expect("valid");
+        assert_eq!(
+            bare.pinecone.expect("configured").base_url,
+            "https://idx.svc.pinecone.io"
+        );
+        let full = load(&[("PINECONE_API_KEY", "k"), ("PINECONE_HOST", "http://127.0.0.1:9000/")])
+            .expect("valid");
+        assert_eq!(
+            full.pinecone.expect("configured").base_url,
+            "http://127.0.0.1:9000"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let config = load(&[("JWT_SECRET", "topsecretvalue"), ("OPENAI_API_KEY", "sk-abc")])
+            .expect("valid");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("topsecretvalue"));
+        assert!(!printed.contains("sk-abc"));
+    }
+}

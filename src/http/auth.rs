@@ -1,0 +1,133 @@
+//! `/api/auth/*`: signup, login, me.
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::AppError;
+use crate::http::AppState;
+use crate::http::envelope::{Envelope, ErrorEnvelope, Reply};
+use crate::http::extract::{ApiJson, AuthUser};
+use crate::services::auth::Session;
+use crate::storage::users::UserRecord;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(login))
+        .routes(routes!(me))
+}
+
+/// Signup body; unknown fields are ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SignupRequest {
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    #[schema(example = "Ada")]
+    pub name: String,
+    #[schema(example = "correct horse battery staple")]
+    pub password: String,
+}
+
+/// Login body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    pub password: String,
+}
+
+/// A user as clients see it (never the password hash).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<UserRecord> for UserView {
+    fn from(user: UserRecord) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            name: user.name,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// Signup and login answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionData {
+    pub message: &'static str,
+    pub user: UserView,
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: &'static str,
+}
+
+impl SessionData {
+    fn new(message: &'static str, session: Session) -> Self {
+        Self {
+            message,
+            user: session.user.into(),
+            access_token: session.access_token,
+            token_type: "bearer",
+        }
+    }
+}
+
+/// `/api/auth/me` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeData {
+    pub user: UserView,
+}
+
+/// Create an account and sign in.
+#[utoipa::path(post, path = "/api/auth/signup", tag = "auth",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "User created", body = Envelope<SessionData>),
+        (status = 400, description = "User already exists", body = ErrorEnvelope),
+        (status = 422, description = "Validation error", body = ErrorEnvelope),
+        (status = 429, description = "Too many attempts", body = ErrorEnvelope),
+    ))]
+async fn signup(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SignupRequest>,
+) -> Result<Reply<SessionData>, AppError> {
+    let session = state.auth.signup(&body.email, &body.name, &body.password).await?;
+    Ok(Reply::created(SessionData::new("User created", session)))
+}
+
+/// Sign in with email and password.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "User logged in", body = Envelope<SessionData>),
+        (status = 401, description = "Invalid email or password", body = ErrorEnvelope),
+        (status = 422, description = "Validation error", body = ErrorEnvelope),
+        (status = 429, description = "Too many attempts", body = ErrorEnvelope),
+    ))]
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Reply<SessionData>, AppError> {
+    let session = state.auth.login(&body.email, &body.password).await?;
+    Ok(Reply::ok(SessionData::new("User logged in", session)))
+}
+
+/// The signed-in user.
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = Envelope<MeData>),
+        (status = 401, description = "Not authenticated, invalid or expired token", body = ErrorEnvelope),
+    ))]
+async fn me(AuthUser(user): AuthUser) -> Reply<MeData> {
+    Reply::ok(MeData { user: user.into() })
+}

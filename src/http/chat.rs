@@ -1,0 +1,275 @@
+//! `/api/chat/*` REST routes and the SSE stream.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::AppError;
+use crate::http::AppState;
+use crate::http::envelope::{Envelope, ErrorEnvelope, Reply};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, MaybeAuthUser};
+use crate::services::chat::{ConversationSummary, ConversationView, ReplyEvent, TurnOutcome, TurnRequest};
+
+/// Routes answered within the request timeout.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(messages))
+        .routes(routes!(conversations))
+        .routes(routes!(delete))
+        .routes(routes!(summarize))
+}
+
+/// Long-lived streaming routes (no request timeout).
+pub fn streaming_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(stream))
+        .routes(routes!(crate::http::ws::chat_socket))
+}
+
+/// Body of `/create` and `/stream`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatRequest {
+    /// Integer, numeric string, or null; null/0/unknown start a new conversation.
+    #[serde(default, deserialize_with = "lenient_id")]
+    #[schema(value_type = Option<i64>, example = 12)]
+    pub conversation_id: Option<i64>,
+    #[schema(example = "How do I reset my card PIN?")]
+    pub message: String,
+    /// Ignored: identity only comes from the token.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub user_id: Option<serde_json::Value>,
+}
+
+/// The frontend sends the id as a string (`"12"`); curl scripts send a number.
+fn lenient_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Number(i64),
+        Text(String),
+    }
+    match Option::<Id>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Id::Number(id)) => Ok(Some(id)),
+        Some(Id::Text(text)) if text.trim().is_empty() || text.trim() == "null" => Ok(None),
+        Some(Id::Text(text)) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("conversation_id must be an integer")),
+    }
+}
+
+impl ChatRequest {
+    fn into_turn(self, caller: Option<i64>) -> TurnRequest {
+        TurnRequest {
+            caller,
+            conversation_id: self.conversation_id,
+            message: self.message,
+        }
+    }
+}
+
+/// `?limit=&offset=` (and the frontend's ignored `user_id`).
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct Paging {
+    /// At most this many conversations (all when absent).
+    pub limit: Option<i64>,
+    /// Skip this many first.
+    pub offset: Option<i64>,
+    /// Sent by the frontend; ignored.
+    #[param(value_type = Option<String>)]
+    pub user_id: Option<serde_json::Value>,
+}
+
+/// `data` of the conversations list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationList {
+    pub conversations: Vec<ConversationSummary>,
+}
+
+/// `data` with a sentence.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageData {
+    pub message: &'static str,
+}
+
+/// `data` of a summary.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SummaryData {
+    pub summary: String,
+}
+
+/// Ask a question and get the whole answer at once.
+#[utoipa::path(post, path = "/api/chat/create", tag = "chat",
+    request_body = ChatRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "History including the answer (or the refusal)", body = Envelope<ConversationView>),
+        (status = 400, description = "Conversation is deleted", body = ErrorEnvelope),
+        (status = 401, description = "Token expired", body = ErrorEnvelope),
+        (status = 403, description = "Forbidden", body = ErrorEnvelope),
+        (status = 422, description = "Validation error", body = ErrorEnvelope),
+        (status = 502, description = "Upstream model error", body = ErrorEnvelope),
+        (status = 503, description = "Model not configured", body = ErrorEnvelope),
+    ))]
+async fn create(
+    State(state): State<AppState>,
+    MaybeAuthUser(caller): MaybeAuthUser,
+    ApiJson(body): ApiJson<ChatRequest>,
+) -> Result<Reply<ConversationView>, AppError> {
+    let view = state.chat.complete_turn(body.into_turn(caller)).await?;
+    Ok(Reply::ok(view))
+}
+
+/// Ask a question and receive the answer token by token (Server-Sent Events).
+///
+/// Deltas: `data: {"delta": "..."}`. End: `event: done` with
+/// `{"conversation_id", "messages"}`. Failure mid-stream: `event: error` with
+/// `{"message"}`. Refusals and errors before the stream starts are JSON envelopes.
+#[utoipa::path(post, path = "/api/chat/stream", tag = "chat",
+    request_body = ChatRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "text/event-stream of deltas, then `done` (or a JSON envelope when the guardrails refuse)",
+            content((String = "text/event-stream"), (Envelope<ConversationView> = "application/json"))),
+        (status = 400, description = "Conversation is deleted", body = ErrorEnvelope),
+        (status = 401, description = "Token expired", body = ErrorEnvelope),
+        (status = 403, description = "Forbidden", body = ErrorEnvelope),
+        (status = 422, description = "Validation error", body = ErrorEnvelope),
+        (status = 502, description = "Upstream model error", body = ErrorEnvelope),
+        (status = 503, description = "Model not configured", body = ErrorEnvelope),
+    ))]
+async fn stream(
+    State(state): State<AppState>,
+    MaybeAuthUser(caller): MaybeAuthUser,
+    ApiJson(body): ApiJson<ChatRequest>,
+) -> Result<Response, AppError> {
+    let replies = match state.chat.start_turn(body.into_turn(caller)).await? {
+        TurnOutcome::Refused(view) => return Ok(Reply::ok(view).into_response()),
+        TurnOutcome::Streaming(replies) => replies,
+    };
+    let events = replies
+        .until_shutdown(state.shutdown.clone())
+        .map(|event| Ok::<_, Infallible>(sse_event(event)));
+    let keep_alive = KeepAlive::new().interval(state.config.sse_keepalive).text("ping");
+    let mut response = Sse::new(events).keep_alive(keep_alive).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+fn sse_event(event: ReplyEvent) -> Event {
+    match event {
+        ReplyEvent::Delta(text) => Event::default().data(json!({ "delta": text }).to_string()),
+        ReplyEvent::Done(view) => Event::default().event("done").data(
+            json!({ "conversation_id": view.conversation_id, "messages": view.messages }).to_string(),
+        ),
+        ReplyEvent::Failed(message) => Event::default()
+            .event("error")
+            .data(json!({ "message": message }).to_string()),
+    }
+}
+
+/// A conversation's history.
+#[utoipa::path(get, path = "/api/chat/messages/{id}", tag = "chat",
+    params(("id" = i64, Path, description = "Conversation id")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "History", body = Envelope<ConversationView>),
+        (status = 400, description = "Conversation already deleted", body = ErrorEnvelope),
+        (status = 401, description = "Token expired", body = ErrorEnvelope),
+        (status = 403, description = "Forbidden", body = ErrorEnvelope),
+        (status = 404, description = "Conversation not found", body = ErrorEnvelope),
+        (status = 422, description = "Non-integer id", body = ErrorEnvelope),
+    ))]
+async fn messages(
+    State(state): State<AppState>,
+    MaybeAuthUser(caller): MaybeAuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Reply<ConversationView>, AppError> {
+    Ok(Reply::ok(state.chat.messages(caller, id).await?))
+}
+
+/// The caller's conversations, newest first.
+#[utoipa::path(get, path = "/api/chat/conversations", tag = "chat",
+    params(Paging),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Conversations", body = Envelope<ConversationList>),
+        (status = 401, description = "Not authenticated", body = ErrorEnvelope),
+        (status = 422, description = "Bad paging values", body = ErrorEnvelope),
+    ))]
+async fn conversations(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> Result<Reply<ConversationList>, AppError> {
+    if paging.limit.is_some_and(|limit| limit < 0) {
+        return Err(AppError::invalid(&["query", "limit"], "limit must not be negative"));
+    }
+    let offset = paging.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(AppError::invalid(&["query", "offset"], "offset must not be negative"));
+    }
+    let conversations = state.chat.list(user.id, paging.limit, offset).await?;
+    Ok(Reply::ok(ConversationList { conversations }))
+}
+
+/// Soft-delete a conversation.
+#[utoipa::path(post, path = "/api/chat/delete/{id}", tag = "chat",
+    params(("id" = i64, Path, description = "Conversation id")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Conversation deleted", body = Envelope<MessageData>),
+        (status = 400, description = "Conversation already deleted", body = ErrorEnvelope),
+        (status = 401, description = "Token expired", body = ErrorEnvelope),
+        (status = 403, description = "Forbidden", body = ErrorEnvelope),
+        (status = 404, description = "Conversation not found", body = ErrorEnvelope),
+        (status = 422, description = "Non-integer id", body = ErrorEnvelope),
+    ))]
+async fn delete(
+    State(state): State<AppState>,
+    MaybeAuthUser(caller): MaybeAuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Reply<MessageData>, AppError> {
+    state.chat.delete(caller, id).await?;
+    Ok(Reply::ok(MessageData {
+        message: "Conversation deleted",
+    }))
+}
+
+/// Summarize a conversation (key points and next steps, about 120 words).
+#[utoipa::path(post, path = "/api/chat/summarize/{id}", tag = "chat",
+    params(("id" = i64, Path, description = "Conversation id")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Summary", body = Envelope<SummaryData>),
+        (status = 400, description = "Conversation already deleted", body = ErrorEnvelope),
+        (status = 401, description = "Token expired", body = ErrorEnvelope),
+        (status = 403, description = "Forbidden", body = ErrorEnvelope),
+        (status = 404, description = "Conversation not found", body = ErrorEnvelope),
+        (status = 422, description = "Non-integer id", body = ErrorEnvelope),
+        (status = 502, description = "Upstream model error", body = ErrorEnvelope),
+        (status = 503, description = "Model not configured", body = ErrorEnvelope),
+    ))]
+async fn summarize(
+    State(state): State<AppState>,
+    MaybeAuthUser(caller): MaybeAuthUser,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Reply<SummaryData>, AppError> {
+    let summary = state.chat.summarize(caller, id).await?;
+    Ok(Reply::ok(SummaryData { summary }))
+}

@@ -1,0 +1,165 @@
+//! The `{data, status_code}` envelope: success bodies, `AppError` rendering,
+//! and a middleware that envelopes the bodies of errors produced outside
+//! our handlers (405, 408, 413 from layers, panics).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::{AppError, FieldError};
+
+/// Every JSON body: `data` plus the HTTP status repeated.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Envelope<T> {
+    pub data: T,
+    pub status_code: u16,
+}
+
+/// The `data` of an error envelope.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorData {
+    pub message: String,
+    /// Present on 422 validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// An error envelope, for the OpenAPI document.
+pub type ErrorEnvelope = Envelope<ErrorData>;
+
+/// A successful response: status plus enveloped data.
+pub struct Reply<T> {
+    status: StatusCode,
+    data: T,
+}
+
+impl<T: Serialize> Reply<T> {
+    pub fn ok(data: T) -> Self {
+        Self {
+            status: StatusCode::OK,
+            data,
+        }
+    }
+
+    pub fn created(data: T) -> Self {
+        Self {
+            status: StatusCode::CREATED,
+            data,
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Reply<T> {
+    fn into_response(self) -> Response {
+        let body = Envelope {
+            status_code: self.status.as_u16(),
+            data: self.data,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// Renders an error envelope with the given status and message.
+pub fn error_response(status: StatusCode, message: String, errors: Option<Vec<FieldError>>) -> Response {
+    let body = Envelope {
+        status_code: status.as_u16(),
+        data: ErrorData { message, errors },
+    };
+    (status, Json(body)).into_response()
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            // The cause goes to the log only; the client gets the public sentence.
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        }
+        let retry_after = match &self {
+            AppError::TooManyRequests { retry_after } => Some(*retry_after),
+            AppError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        let message = self.public_message();
+        let errors = match self {
+            AppError::Validation(errors) => Some(errors),
+            _ => None,
+        };
+        let mut response = error_response(status, message, errors);
+        if let Some(after) = retry_after {
+            let seconds = after.as_secs().max(1).to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// Envelopes any error response whose body is not already JSON (axum's 405,
+/// tower-http's 413 and 408, the panic handler's 500).
+pub async fn envelope_foreign_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let message = match status {
+        StatusCode::INTERNAL_SERVER_ERROR => "Internal Server Error".to_string(),
+        StatusCode::PAYLOAD_TOO_LARGE => "Request body too large".to_string(),
+        StatusCode::REQUEST_TIMEOUT => "Request timed out".to_string(),
+        other => other.canonical_reason().unwrap_or("Error").to_string(),
+    };
+    let (mut parts, _) = response.into_parts();
+    let enveloped = error_response(status, message, None);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let (_, body) = enveloped.into_parts();
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// The panic handler: a 500 envelope, details only in the log.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "handler panicked");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal Server Error".into(),
+        None,
+    )
+}
+
+/// Unknown routes.
+pub async fn not_found() -> AppError {
+    AppError::NotFound("Not Found")
+}
+
+/// Builds an envelope value for places that need it as JSON (WebSocket, SSE).
+pub fn envelope_json<T: Serialize>(status: u16, data: T) -> serde_json::Value {
+    json!({ "data": data, "status_code": status })
+}
+
+/// Known routes called with the wrong method.
+pub async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}

@@ -1,0 +1,157 @@
+//! Extractors whose rejections are `AppError`s (so they render the envelope),
+//! and the two auth extractors.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::{HeaderMap, header};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::{AppError, FieldError};
+use crate::http::AppState;
+use crate::storage::users::UserRecord;
+
+/// A JSON body. Any content type is accepted (old curl scripts omit it);
+/// errors name the failing field as `["body", ...]`.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection: BytesRejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    AppError::PayloadTooLarge
+                } else {
+                    AppError::BadRequest("Could not read the request body")
+                }
+            })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses JSON, turning serde's error into a located validation error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let mut loc = vec!["body".to_string()];
+        let path = err.path().to_string();
+        if path != "." {
+            loc.extend(path.split('.').map(str::to_string));
+        }
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        let kind = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "json_invalid",
+            _ if message.starts_with("missing field") => "missing",
+            _ => "type_error",
+        };
+        // serde reports a missing field at its parent; name the field itself.
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            loc.push(field.to_string());
+        }
+        AppError::Validation(vec![FieldError {
+            loc,
+            msg: strip_position(&message),
+            kind: kind.to_string(),
+        }])
+    })?;
+    deserializer.end().map_err(|err| {
+        AppError::Validation(vec![FieldError::new(&["body"], strip_position(&err.to_string()), "json_invalid")])
+    })?;
+    Ok(parsed)
+}
+
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(index) => message[..index].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// An integer path parameter; anything else is a 422 naming the parameter.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|rejection: PathRejection| {
+                AppError::Validation(vec![FieldError::new(
+                    &["path", "id"],
+                    rejection.body_text(),
+                    "int_parsing",
+                )])
+            })
+    }
+}
+
+/// Query parameters; a bad value is a 422 naming the query.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|rejection: QueryRejection| {
+                AppError::Validation(vec![FieldError::new(&["query"], rejection.body_text(), "value_error")])
+            })
+    }
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A caller that must be signed in (401 otherwise).
+pub struct AuthUser(pub UserRecord);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        if parts.headers.get(header::AUTHORIZATION).is_none() {
+            return Err(AppError::Unauthorized("Not authenticated"));
+        }
+        let token = bearer_token(&parts.headers).ok_or(AppError::Unauthorized("Invalid token"))?;
+        let claims = state.auth.decode(token)?;
+        Ok(AuthUser(state.auth.user_for_claims(&claims).await?))
+    }
+}
+
+/// A caller who may be anonymous. No header, `Bearer null` or a token that is
+/// not a valid JWT mean anonymous; an expired token is a 401 so the client
+/// logs in again instead of silently losing ownership. (`Option<AuthUser>`
+/// would not do: it would turn an expired token into an anonymous caller.)
+pub struct MaybeAuthUser(pub Option<i64>);
+
+impl FromRequestParts<AppState> for MaybeAuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        Ok(MaybeAuthUser(state.auth.optional_caller(bearer_token(&parts.headers))?))
+    }
+}

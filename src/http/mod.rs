@@ -1,0 +1,163 @@
+//! HTTP layer: routers, extractors, the envelope, middleware.
+
+pub mod auth;
+pub mod chat;
+pub mod envelope;
+pub mod extract;
+pub mod health;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use axum::middleware;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_redoc::{Redoc, Servable};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::{Config, CorsOrigins};
+use crate::services::auth::AuthService;
+use crate::services::chat::ChatService;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub auth: AuthService,
+    pub chat: ChatService,
+    /// Fired on shutdown so open streams end (and store their partial text).
+    pub shutdown: CancellationToken,
+    /// Work that must finish before the process exits (WebSocket sessions, partial-answer stores).
+    pub tasks: TaskTracker,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Eloquent",
+        description = "Fintech customer-support chat API. Every JSON body is an envelope `{data, status_code}`.",
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Accounts and tokens"),
+        (name = "chat", description = "Conversations, answers, streams"),
+        (name = "health", description = "Liveness"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = api_router(Duration::from_secs(1)).split_for_parts();
+    api
+}
+
+use std::time::Duration;
+
+fn api_router(request_timeout: Duration) -> OpenApiRouter<AppState> {
+    let bounded = OpenApiRouter::new()
+        .merge(auth::router())
+        .merge(chat::router())
+        .merge(health::router())
+        // Non-streaming requests get a deadline; streams have their own timeouts.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(bounded)
+        .merge(chat::streaming_router())
+}
+
+/// The whole application: routes, docs, and middleware.
+pub fn app(state: AppState) -> Router {
+    let config = state.config.clone();
+    let (routes, api) = api_router(config.request_timeout).split_for_parts();
+    let docs = Router::new()
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api.clone()))
+        .merge(Redoc::with_url("/redoc", api));
+    let request_id = HeaderName::from_static("x-request-id");
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let id = request
+                    .extensions()
+                    .get::<RequestId>()
+                    .and_then(|id| id.header_value().to_str().ok())
+                    .unwrap_or("-");
+                // The path only: query strings may carry a token.
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(CatchPanicLayer::custom(envelope::panic_response))
+        .layer(middleware::from_fn(envelope::envelope_foreign_errors))
+        .layer(security_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(security_header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(security_header(header::REFERRER_POLICY, "no-referrer"))
+        .layer(cors(&config.cors_allow_origins))
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+    Router::new()
+        .merge(routes)
+        .merge(docs)
+        .fallback(envelope::not_found)
+        .method_not_allowed_fallback(envelope::method_not_allowed)
+        .with_state(state)
+        .layer(middleware)
+}
+
+fn security_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+}
+
+fn cors(origins: &CorsOrigins) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+        .expose_headers([HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(600));
+    match origins {
+        // Credentials are never allowed with a wildcard origin.
+        CorsOrigins::Any => layer.allow_origin(Any),
+        CorsOrigins::List(list) => {
+            let values: Vec<HeaderValue> = list
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok())
+                .collect();
+            layer.allow_origin(AllowOrigin::list(values)).allow_credentials(true)
+        }
+    }
+}

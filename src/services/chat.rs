@@ -1,0 +1,518 @@
+//! The chat pipeline shared by one-shot, SSE and WebSocket turns, and the
+//! conversation operations (read, list, delete, summarize).
+//!
+//! A turn is: resolve the conversation → guardrails → retrieval → store the
+//! user turn → stream the model → store the answer → final history. The
+//! transports only frame the [`ReplyEvent`]s of a [`ReplyStream`].
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clients::model::{ModelClient, ModelError, TokenStream};
+use crate::clients::retrieval::RetrievalClient;
+use crate::error::AppError;
+use crate::services::guardrails::{self, Verdict};
+use crate::services::prompt;
+use crate::storage::conversations::{self, ConversationRecord};
+use crate::storage::messages::{self, MessageRecord, NewMessage, Role};
+use crate::storage::Database;
+
+/// One message as clients see it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct ClientMessage {
+    pub id: i64,
+    /// `user` or `assistant`.
+    pub role: &'static str,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A conversation's client-visible history.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConversationView {
+    pub messages: Vec<ClientMessage>,
+    pub conversation_id: i64,
+}
+
+/// A conversation as listed in the sidebar.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ConversationSummary {
+    pub id: i64,
+    pub user_id: Option<i64>,
+    pub short_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub is_deleted: bool,
+}
+
+impl From<ConversationRecord> for ConversationSummary {
+    fn from(record: ConversationRecord) -> Self {
+        Self {
+            id: record.id,
+            user_id: record.user_id,
+            short_name: record.short_name,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            is_deleted: record.is_deleted,
+        }
+    }
+}
+
+/// Filters stored messages into the client view (section 4 of the contract).
+pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
+    let mut view = Vec::with_capacity(records.len());
+    for record in records {
+        let typed = || record.user_message.clone().unwrap_or_default();
+        match record.role {
+            Role::System => {}
+            Role::User => view.push(ClientMessage {
+                id: record.id,
+                role: "user",
+                content: typed(),
+                created_at: record.created_at,
+            }),
+            Role::Assistant => view.push(ClientMessage {
+                id: record.id,
+                role: "assistant",
+                content: record.content.clone(),
+                created_at: record.created_at,
+            }),
+            Role::Guardrails => {
+                view.push(ClientMessage {
+                    id: record.id,
+                    role: "user",
+                    content: typed(),
+                    created_at: record.created_at,
+                });
+                view.push(ClientMessage {
+                    id: record.id,
+                    role: "assistant",
+                    content: record.content.clone(),
+                    created_at: record.created_at,
+                });
+            }
+        }
+    }
+    view
+}
+
+/// Who is asking for a turn, where, and what.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    pub caller: Option<i64>,
+    /// `None` or `0` starts a new conversation.
+    pub conversation_id: Option<i64>,
+    pub message: String,
+}
+
+/// How a turn began.
+pub enum TurnOutcome {
+    /// The guardrails refused the message; the refusal is stored.
+    Refused(ConversationView),
+    /// The model is answering.
+    Streaming(ReplyStream),
+}
+
+/// What a streaming turn produces, in order: deltas, then `Done` or `Failed`.
+#[derive(Debug, Clone)]
+pub enum ReplyEvent {
+    Delta(String),
+    Done(ConversationView),
+    Failed(&'static str),
+}
+
+/// Sentence sent to clients when the upstream fails mid-answer.
+pub const INTERRUPTED: &str = "The assistant's answer was interrupted. Please try again.";
+
+/// The events of one answer. Dropping it cancels the upstream request and
+/// stores whatever text was produced so far.
+pub struct ReplyStream {
+    pub conversation_id: i64,
+    events: Pin<Box<dyn Stream<Item = ReplyEvent> + Send>>,
+}
+
+/// Sentence sent to clients whose stream is cut by a server shutdown.
+pub const SHUTTING_DOWN: &str = "The server is restarting. Please try again in a moment.";
+
+impl ReplyStream {
+    /// Ends the stream with a `Failed` event when `shutdown` fires; the partial
+    /// answer is stored as the inner stream is dropped.
+    pub fn until_shutdown(self, shutdown: CancellationToken) -> impl Stream<Item = ReplyEvent> + Send {
+        async_stream::stream! {
+            let mut replies = self;
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => {
+                        yield ReplyEvent::Failed(SHUTTING_DOWN);
+                        break;
+                    }
+                    next = replies.next() => match next {
+                        Some(event) => yield event,
+                        None => break,
+                    },
+                }
+            }
+        }
+    }
+}
+
+impl Stream for ReplyStream {
+    type Item = ReplyEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReplyEvent>> {
+        self.events.as_mut().poll_next(cx)
+    }
+}
+
+/// Chat orchestration over storage, guardrails, retrieval and the model.
+#[derive(Clone)]
+pub struct ChatService {
+    db: Database,
+    model: Option<ModelClient>,
+    retrieval: Option<RetrievalClient>,
+    history_max_messages: usize,
+    max_message_chars: usize,
+    /// Stores of partial answers outlive their stream; shutdown waits for them.
+    tasks: TaskTracker,
+}
+
+impl ChatService {
+    pub fn new(
+        db: Database,
+        model: Option<ModelClient>,
+        retrieval: Option<RetrievalClient>,
+        history_max_messages: usize,
+        max_message_chars: usize,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            db,
+            model,
+            retrieval,
+            history_max_messages,
+            max_message_chars,
+            tasks,
+        }
+    }
+
+    /// Checks a typed message: not blank, not over the length limit.
+    pub fn validate_message<'a>(&self, message: &'a str) -> Result<&'a str, AppError> {
+        if message.trim().is_empty() {
+            return Err(AppError::invalid(&["body", "message"], "message must not be empty"));
+        }
+        if message.chars().count() > self.max_message_chars {
+            return Err(AppError::invalid(
+                &["body", "message"],
+                format!("message must be at most {} characters", self.max_message_chars),
+            ));
+        }
+        Ok(message)
+    }
+
+    /// Runs a turn up to the first model token.
+    pub async fn start_turn(&self, request: TurnRequest) -> Result<TurnOutcome, AppError> {
+        let model = self.model.as_ref().ok_or(AppError::ModelNotConfigured)?;
+        let message = self.validate_message(&request.message)?;
+        let conversation = self
+            .resolve_for_turn(request.caller, request.conversation_id)
+            .await?;
+        let conversation_id = conversation.id;
+        let redacted = match guardrails::check(message) {
+            Verdict::Refuse { reason, redacted } => {
+                tracing::info!(conversation_id, ?reason, "guardrails refused a message");
+                let refusal = NewMessage {
+                    conversation_id,
+                    role: Role::Guardrails,
+                    content: reason.message(),
+                    user_message: Some(&redacted),
+                };
+                messages::insert(&self.db, refusal, Some(&prompt::short_name(&redacted))).await?;
+                return Ok(TurnOutcome::Refused(self.view(conversation_id).await?));
+            }
+            Verdict::Allow { redacted } => redacted,
+        };
+        let history = messages::list(&self.db, conversation_id).await?;
+        let passages = match &self.retrieval {
+            Some(retrieval) => retrieval.search(&redacted).await,
+            None => Vec::new(),
+        };
+        let turn = prompt::user_turn(&redacted, &prompt::context_block(&passages));
+        let user_message = NewMessage {
+            conversation_id,
+            role: Role::User,
+            content: &turn,
+            user_message: Some(&redacted),
+        };
+        messages::insert(&self.db, user_message, Some(&prompt::short_name(&redacted))).await?;
+        let prompt_messages = prompt::assemble(&history, turn, self.history_max_messages);
+        let tokens = model
+            .stream_chat(&prompt_messages)
+            .await
+            .map_err(|err| upstream_error(conversation_id, err))?;
+        Ok(TurnOutcome::Streaming(ReplyStream {
+            conversation_id,
+            events: Box::pin(self.clone().reply_events(conversation_id, tokens)),
+        }))
+    }
+
+    fn reply_events(self, conversation_id: i64, mut tokens: TokenStream) -> impl Stream<Item = ReplyEvent> + Send {
+        async_stream::stream! {
+            let mut answer = PartialAnswer {
+                db: self.db.clone(),
+                tasks: self.tasks.clone(),
+                conversation_id,
+                text: String::new(),
+                settled: false,
+            };
+            let mut failure = None;
+            while let Some(item) = tokens.next().await {
+                match item {
+                    Ok(delta) => {
+                        // Recorded before it is sent: a disconnect stores at least what the client saw.
+                        answer.text.push_str(&delta);
+                        yield ReplyEvent::Delta(delta);
+                    }
+                    Err(err) => {
+                        failure = Some(err);
+                        break;
+                    }
+                }
+            }
+            // Release the upstream connection before the database work.
+            drop(tokens);
+            let stored = answer.store().await;
+            if let Some(err) = failure {
+                tracing::warn!(conversation_id, error = %err, "model stream failed mid-answer");
+                yield ReplyEvent::Failed(INTERRUPTED);
+            } else if let Err(err) = stored {
+                tracing::error!(conversation_id, error = %err, "storing the answer failed");
+                yield ReplyEvent::Failed("The answer could not be saved. Please try again.");
+            } else {
+                match self.view(conversation_id).await {
+                    Ok(view) => yield ReplyEvent::Done(view),
+                    Err(err) => {
+                        tracing::error!(conversation_id, error = %err, "loading the history failed");
+                        yield ReplyEvent::Failed("The answer could not be loaded. Please try again.");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A one-shot turn: the whole answer, then the history (contract: POST /api/chat/create).
+    pub async fn complete_turn(&self, request: TurnRequest) -> Result<ConversationView, AppError> {
+        match self.start_turn(request).await? {
+            TurnOutcome::Refused(view) => Ok(view),
+            TurnOutcome::Streaming(mut stream) => {
+                let conversation_id = stream.conversation_id;
+                while let Some(event) = stream.next().await {
+                    match event {
+                        ReplyEvent::Delta(_) => {}
+                        ReplyEvent::Done(view) => return Ok(view),
+                        ReplyEvent::Failed(_) => {
+                            return Err(AppError::UpstreamModel(format!(
+                                "conversation {conversation_id}: answer interrupted"
+                            )));
+                        }
+                    }
+                }
+                Err(AppError::Internal("reply stream ended without a result".into()))
+            }
+        }
+    }
+
+    /// The client view of a conversation the caller may read.
+    pub async fn messages(&self, caller: Option<i64>, id: i64) -> Result<ConversationView, AppError> {
+        self.usable(caller, id, "Conversation already deleted").await?;
+        self.view(id).await
+    }
+
+    /// The caller's non-deleted conversations, newest first.
+    pub async fn list(
+        &self,
+        user_id: i64,
+        limit: Option<i64>,
+        offset: i64,
+    ) -> Result<Vec<ConversationSummary>, AppError> {
+        let records = conversations::list_for_user(&self.db, user_id, limit, offset).await?;
+        Ok(records.into_iter().map(ConversationSummary::from).collect())
+    }
+
+    /// Soft-deletes a conversation the caller owns (or an anonymous one).
+    pub async fn delete(&self, caller: Option<i64>, id: i64) -> Result<(), AppError> {
+        self.usable(caller, id, "Conversation already deleted").await?;
+        if conversations::soft_delete(&self.db, id).await? {
+            Ok(())
+        } else {
+            // Lost a race with another delete.
+            Err(AppError::BadRequest("Conversation already deleted"))
+        }
+    }
+
+    /// A short summary with key points and next steps.
+    pub async fn summarize(&self, caller: Option<i64>, id: i64) -> Result<String, AppError> {
+        self.usable(caller, id, "Conversation already deleted").await?;
+        let view = self.view(id).await?;
+        if view.messages.is_empty() {
+            return Ok(prompt::EMPTY_SUMMARY.to_string());
+        }
+        let model = self.model.as_ref().ok_or(AppError::ModelNotConfigured)?;
+        let transcript = view
+            .messages
+            .iter()
+            .map(|message| format!("{}: {}", message.role, message.content))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let request = [
+            crate::clients::model::PromptMessage {
+                role: "system",
+                content: prompt::SUMMARY_PROMPT.to_string(),
+            },
+            crate::clients::model::PromptMessage {
+                role: "user",
+                content: format!("Summarize this conversation:\n\n{transcript}"),
+            },
+        ];
+        model
+            .complete(&request)
+            .await
+            .map_err(|err| upstream_error(id, err))
+    }
+
+    /// Loads a conversation the caller may use: 404, 403, then 400 when deleted.
+    async fn usable(
+        &self,
+        caller: Option<i64>,
+        id: i64,
+        deleted_message: &'static str,
+    ) -> Result<ConversationRecord, AppError> {
+        let conversation = conversations::find(&self.db, id)
+            .await?
+            .ok_or(AppError::NotFound("Conversation not found"))?;
+        authorize(&conversation, caller)?;
+        if conversation.is_deleted {
+            return Err(AppError::BadRequest(deleted_message));
+        }
+        Ok(conversation)
+    }
+
+    /// `None`, `0` or an unknown id start a new conversation owned by the caller.
+    async fn resolve_for_turn(
+        &self,
+        caller: Option<i64>,
+        requested: Option<i64>,
+    ) -> Result<ConversationRecord, AppError> {
+        if let Some(id) = requested.filter(|id| *id > 0)
+            && let Some(conversation) = conversations::find(&self.db, id).await?
+        {
+            authorize(&conversation, caller)?;
+            if conversation.is_deleted {
+                return Err(AppError::BadRequest("Conversation is deleted"));
+            }
+            return Ok(conversation);
+        }
+        Ok(conversations::create(&self.db, caller, prompt::SYSTEM_PROMPT).await?)
+    }
+
+    async fn view(&self, conversation_id: i64) -> Result<ConversationView, AppError> {
+        let records = messages::list(&self.db, conversation_id).await?;
+        Ok(ConversationView {
+            messages: client_view(&records),
+            conversation_id,
+        })
+    }
+}
+
+/// The ownership rule: owned conversations only for their owner; anonymous ones for anyone.
+fn authorize(conversation: &ConversationRecord, caller: Option<i64>) -> Result<(), AppError> {
+    match conversation.user_id {
+        Some(owner) if caller != Some(owner) => Err(AppError::Forbidden),
+        _ => Ok(()),
+    }
+}
+
+fn upstream_error(conversation_id: i64, err: ModelError) -> AppError {
+    match err {
+        ModelError::Credentials { .. } => {
+            tracing::error!(conversation_id, error = %err, "model call failed: credentials rejected");
+            AppError::UpstreamModel(err.to_string())
+        }
+        ModelError::RateLimited => {
+            tracing::warn!(conversation_id, error = %err, "model call rate-limited");
+            AppError::Unavailable {
+                message: "The assistant is busy right now. Please try again shortly.",
+                retry_after: Some(std::time::Duration::from_secs(10)),
+            }
+        }
+        other => {
+            tracing::warn!(conversation_id, error = %other, "model call failed");
+            AppError::UpstreamModel(other.to_string())
+        }
+    }
+}
+
+/// The answer text of a running stream; stored exactly once, also when the
+/// stream is dropped early (client gone, shutdown).
+struct PartialAnswer {
+    db: Database,
+    tasks: TaskTracker,
+    conversation_id: i64,
+    text: String,
+    settled: bool,
+}
+
+impl PartialAnswer {
+    /// Stores the text (when not blank) in a tracked task, so cancelling the
+    /// stream while this runs cannot lose or duplicate the write.
+    async fn store(&mut self) -> Result<(), AppError> {
+        self.settled = true;
+        if self.text.trim().is_empty() {
+            return Ok(());
+        }
+        let write = store_answer(self.db.clone(), self.conversation_id, std::mem::take(&mut self.text));
+        self.tasks
+            .spawn(write)
+            .await
+            .map_err(|err| AppError::Internal(format!("store task failed: {err}")))?
+    }
+}
+
+impl Drop for PartialAnswer {
+    fn drop(&mut self) {
+        if self.settled || self.text.trim().is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(conversation_id = self.conversation_id, "partial answer lost: no runtime");
+            return;
+        };
+        let write = store_answer(self.db.clone(), self.conversation_id, std::mem::take(&mut self.text));
+        let conversation_id = self.conversation_id;
+        self.tasks.spawn_on(
+            async move {
+                if let Err(err) = write.await {
+                    tracing::error!(conversation_id, error = %err, "storing a partial answer failed");
+                }
+            },
+            &runtime,
+        );
+    }
+}
+
+async fn store_answer(db: Database, conversation_id: i64, text: String) -> Result<(), AppError> {
+    let message = NewMessage {
+        conversation_id,
+        role: Role::Assistant,
+        content: &text,
+        user_message: None,
+    };
+    messages::insert(&db, message, None).await?;
+    Ok(())
+}

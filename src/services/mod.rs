@@ -1,0 +1,6 @@
+//! Domain services; they know nothing about HTTP.
+
+pub mod auth;
+pub mod chat;
+pub mod guardrails;
+pub mod prompt;

@@ -1,0 +1,168 @@
+//! Building and running the application: bind, serve, shut down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clients::model::ModelClient;
+use crate::clients::retrieval::RetrievalClient;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::services::auth::AuthService;
+use crate::services::chat::ChatService;
+use crate::storage::{Database, PoolSettings};
+
+/// Why the server could not start; one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the database (DATABASE_URL): {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot bind {addr} (HOST/PORT): {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot build an HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("cannot initialise: {0}")]
+    Init(String),
+}
+
+/// Opens the database of `config` and applies its migrations.
+pub async fn open_database(config: &Config) -> Result<Database, StartupError> {
+    let settings = PoolSettings {
+        max_connections: config.db_pool_size,
+        acquire_timeout: config.db_acquire_timeout,
+    };
+    let db = Database::connect(&config.database, settings).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    db: Database,
+    tasks: TaskTracker,
+}
+
+impl Application {
+    /// Connects, migrates, builds the clients and binds the listener (port 0 = any).
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let db = open_database(&config).await?;
+        let model = ModelClient::new(&config.model)?;
+        if model.is_none() {
+            tracing::warn!("OPENAI_API_KEY is not set: chat routes will answer 503 Model not configured");
+        }
+        let retrieval = config.pinecone.clone().map(RetrievalClient::new).transpose()?;
+        if retrieval.is_none() {
+            tracing::warn!("PINECONE_API_KEY/PINECONE_HOST not set: answers will use no retrieved context");
+        }
+        if config.uses_default_jwt_secret() {
+            tracing::warn!("JWT_SECRET is the built-in default: anyone can forge tokens. Set JWT_SECRET in production");
+        }
+        let tasks = TaskTracker::new();
+        let auth = AuthService::new(&config, db.clone())
+            .await
+            .map_err(|err| StartupError::Init(err.to_string()))?;
+        let chat = ChatService::new(
+            db.clone(),
+            model,
+            retrieval,
+            config.history_max_messages,
+            config.max_message_chars,
+            tasks.clone(),
+        );
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = AppState {
+            config: Arc::new(config),
+            auth,
+            chat,
+            shutdown: CancellationToken::new(),
+            tasks: tasks.clone(),
+        };
+        tracing::info!(backend = db.backend_name(), "database ready");
+        Ok(Self {
+            listener,
+            state,
+            db,
+            tasks,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map_or(0, |addr| addr.port())
+    }
+
+    /// Fires when shutdown starts; cancel it to stop the server.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until `signal` completes (or the shutdown token is cancelled),
+    /// then ends open streams, waits for their stores, and closes the pool.
+    pub async fn run_until_stopped(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let shutdown = self.state.shutdown.clone();
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, "listening");
+        let router = http::app(self.state);
+        let trigger = shutdown.clone();
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = signal => {}
+                () = trigger.cancelled() => {}
+            }
+            tracing::info!("shutting down: ending open streams");
+            trigger.cancel();
+        })
+        .await;
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(30), self.tasks.wait()).await.is_err() {
+            tracing::error!("shutdown: background stores still running after 30 s");
+        }
+        self.db.close().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,111 @@
+//! The `conversations` table.
+
+use chrono::{DateTime, Utc};
+
+use super::{Database, on_pool};
+
+/// A stored conversation.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConversationRecord {
+    pub id: i64,
+    pub user_id: Option<i64>,
+    pub short_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub is_deleted: bool,
+}
+
+const COLUMNS: &str = "id, user_id, short_name, created_at, updated_at, is_deleted";
+
+/// Creates a conversation and stores its system message, atomically.
+pub async fn create(
+    db: &Database,
+    user_id: Option<i64>,
+    system_prompt: &str,
+) -> Result<ConversationRecord, sqlx::Error> {
+    let now = Utc::now();
+    on_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let conversation = sqlx::query_as::<_, ConversationRecord>(
+            "INSERT INTO conversations (user_id, short_name, created_at, updated_at, is_deleted) \
+             VALUES ($1, NULL, $2, $2, $3) \
+             RETURNING id, user_id, short_name, created_at, updated_at, is_deleted",
+        )
+        .bind(user_id)
+        .bind(now)
+        .bind(false)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO messages (conversation_id, role, content, user_message, created_at) \
+             VALUES ($1, 'system', $2, NULL, $3)",
+        )
+        .bind(conversation.id)
+        .bind(system_prompt)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(conversation)
+    })
+}
+
+/// Finds a conversation by id, deleted or not.
+pub async fn find(db: &Database, id: i64) -> Result<Option<ConversationRecord>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM conversations WHERE id = $1");
+    on_pool!(db, pool => {
+        sqlx::query_as::<_, ConversationRecord>(&sql).bind(id).fetch_optional(pool).await
+    })
+}
+
+/// A user's non-deleted conversations, newest first; `limit = None` means all.
+pub async fn list_for_user(
+    db: &Database,
+    user_id: i64,
+    limit: Option<i64>,
+    offset: i64,
+) -> Result<Vec<ConversationRecord>, sqlx::Error> {
+    // -1 is "no limit" on SQLite; PostgreSQL takes NULL for the same.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM conversations WHERE user_id = $1 AND is_deleted = $2 \
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+    );
+    match db {
+        Database::Sqlite(pool) => {
+            sqlx::query_as::<_, ConversationRecord>(&sql)
+                .bind(user_id)
+                .bind(false)
+                .bind(limit.unwrap_or(-1))
+                .bind(offset)
+                .fetch_all(pool)
+                .await
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_as::<_, ConversationRecord>(&sql)
+                .bind(user_id)
+                .bind(false)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(pool)
+                .await
+        }
+    }
+}
+
+/// Marks a conversation deleted; false when it already was (or does not exist).
+pub async fn soft_delete(db: &Database, id: i64) -> Result<bool, sqlx::Error> {
+    let now = Utc::now();
+    let affected = on_pool!(db, pool => {
+        sqlx::query(
+            "UPDATE conversations SET is_deleted = $1, updated_at = $2 WHERE id = $3 AND is_deleted = $4",
+        )
+        .bind(true)
+        .bind(now)
+        .bind(id)
+        .bind(false)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(affected == 1)
+}

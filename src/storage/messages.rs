@@ -1,0 +1,132 @@
+//! The `messages` table.
+
+use chrono::{DateTime, Utc};
+
+use super::{Database, on_pool};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Guardrails,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::Guardrails => "guardrails",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "system" => Self::System,
+            "user" => Self::User,
+            "assistant" => Self::Assistant,
+            "guardrails" => Self::Guardrails,
+            _ => return None,
+        })
+    }
+}
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct MessageRecord {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub role: Role,
+    pub content: String,
+    pub user_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    id: i64,
+    conversation_id: i64,
+    role: String,
+    content: String,
+    user_message: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<MessageRow> for MessageRecord {
+    type Error = sqlx::Error;
+
+    fn try_from(row: MessageRow) -> Result<Self, Self::Error> {
+        let role = Role::parse(&row.role).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "role".into(),
+            source: format!("unknown role {:?}", row.role).into(),
+        })?;
+        Ok(Self {
+            id: row.id,
+            conversation_id: row.conversation_id,
+            role,
+            content: row.content,
+            user_message: row.user_message,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// What to store for one message.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    pub conversation_id: i64,
+    pub role: Role,
+    pub content: &'a str,
+    pub user_message: Option<&'a str>,
+}
+
+/// Stores a message and touches its conversation; the first thing a user
+/// typed becomes the conversation's `short_name` when it has none.
+pub async fn insert(
+    db: &Database,
+    message: NewMessage<'_>,
+    short_name: Option<&str>,
+) -> Result<i64, sqlx::Error> {
+    let now = Utc::now();
+    on_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO messages (conversation_id, role, content, user_message, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(message.conversation_id)
+        .bind(message.role.as_str())
+        .bind(message.content)
+        .bind(message.user_message)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE conversations SET updated_at = $1, short_name = COALESCE(short_name, $2) WHERE id = $3",
+        )
+        .bind(now)
+        .bind(short_name)
+        .bind(message.conversation_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    })
+}
+
+/// Every message of a conversation, in creation order.
+pub async fn list(db: &Database, conversation_id: i64) -> Result<Vec<MessageRecord>, sqlx::Error> {
+    let rows = on_pool!(db, pool => {
+        sqlx::query_as::<_, MessageRow>(
+            "SELECT id, conversation_id, role, content, user_message, created_at \
+             FROM messages WHERE conversation_id = $1 ORDER BY id",
+        )
+        .bind(conversation_id)
+        .fetch_all(pool)
+        .await?
+    });
+    rows.into_iter().map(MessageRecord::try_from).collect()
+}

@@ -1,0 +1,67 @@
+//! The `users` table.
+
+use chrono::{DateTime, Utc};
+
+use super::{Database, on_pool};
+
+/// A stored user, password hash included (never serialised to clients).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRecord {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Result of an insert that may hit the unique email index.
+#[derive(Debug)]
+pub enum InsertOutcome {
+    Created(UserRecord),
+    EmailTaken,
+}
+
+const COLUMNS: &str = "id, email, name, password_hash, created_at";
+
+/// Inserts a user; the unique index decides races, not a prior lookup.
+pub async fn insert(
+    db: &Database,
+    email: &str,
+    name: &str,
+    password_hash: &str,
+) -> Result<InsertOutcome, sqlx::Error> {
+    let now = Utc::now();
+    let result = on_pool!(db, pool => {
+        sqlx::query_as::<_, UserRecord>(
+            "INSERT INTO users (email, name, password_hash, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING id, email, name, password_hash, created_at",
+        )
+        .bind(email)
+        .bind(name)
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(pool)
+        .await
+    });
+    match result {
+        Ok(user) => Ok(InsertOutcome::Created(user)),
+        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => Ok(InsertOutcome::EmailTaken),
+        Err(err) => Err(err),
+    }
+}
+
+/// Looks a user up by normalised email.
+pub async fn find_by_email(db: &Database, email: &str) -> Result<Option<UserRecord>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM users WHERE email = $1");
+    on_pool!(db, pool => {
+        sqlx::query_as::<_, UserRecord>(&sql).bind(email).fetch_optional(pool).await
+    })
+}
+
+/// Looks a user up by id.
+pub async fn find_by_id(db: &Database, id: i64) -> Result<Option<UserRecord>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
+    on_pool!(db, pool => {
+        sqlx::query_as::<_, UserRecord>(&sql).bind(id).fetch_optional(pool).await
+    })
+}
