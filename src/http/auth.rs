@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use crate::error::AppError;
 use crate::http::AppState;
-use crate::http::envelope::{Envelope, ErrorEnvelope, Reply};
+use crate::http::envelope::{Envelope, ErrorData, Reply};
 use crate::http::extract::{ApiJson, AuthUser};
 use crate::services::auth::Session;
 use crate::storage::users::UserRecord;
@@ -92,9 +92,9 @@ pub struct MeData {
     request_body = SignupRequest,
     responses(
         (status = 201, description = "User created", body = Envelope<SessionData>),
-        (status = 400, description = "User already exists", body = ErrorEnvelope),
-        (status = 422, description = "Validation error", body = ErrorEnvelope),
-        (status = 429, description = "Too many attempts", body = ErrorEnvelope),
+        (status = 400, description = "User already exists", body = Envelope<ErrorData>),
+        (status = 422, description = "Validation error", body = Envelope<ErrorData>),
+        (status = 429, description = "Too many attempts", body = Envelope<ErrorData>),
     ))]
 async fn signup(
     State(state): State<AppState>,
@@ -109,9 +109,9 @@ async fn signup(
     request_body = LoginRequest,
     responses(
         (status = 200, description = "User logged in", body = Envelope<SessionData>),
-        (status = 401, description = "Invalid email or password", body = ErrorEnvelope),
-        (status = 422, description = "Validation error", body = ErrorEnvelope),
-        (status = 429, description = "Too many attempts", body = ErrorEnvelope),
+        (status = 401, description = "Invalid email or password", body = Envelope<ErrorData>),
+        (status = 422, description = "Validation error", body = Envelope<ErrorData>),
+        (status = 429, description = "Too many attempts", body = Envelope<ErrorData>),
     ))]
 async fn login(
     State(state): State<AppState>,
@@ -126,7 +126,7 @@ async fn login(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = Envelope<MeData>),
-        (status = 401, description = "Not authenticated, invalid or expired token", body = ErrorEnvelope),
+        (status = 401, description = "Not authenticated, invalid or expired token", body = Envelope<ErrorData>),
     ))]
 async fn me(AuthUser(user): AuthUser) -> Reply<MeData> {
     Reply::ok(MeData { user: user.into() })

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use crate::error::AppError;
 use crate::http::AppState;
-use crate::http::envelope::{Envelope, ErrorEnvelope, Reply};
+use crate::http::envelope::{Envelope, ErrorData, Reply};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, MaybeAuthUser};
 use crate::services::chat::{ConversationSummary, ConversationView, ReplyEvent, TurnOutcome, TurnRequest};
 
@@ -117,12 +117,12 @@ pub struct SummaryData {
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "History including the answer (or the refusal)", body = Envelope<ConversationView>),
-        (status = 400, description = "Conversation is deleted", body = ErrorEnvelope),
-        (status = 401, description = "Token expired", body = ErrorEnvelope),
-        (status = 403, description = "Forbidden", body = ErrorEnvelope),
-        (status = 422, description = "Validation error", body = ErrorEnvelope),
-        (status = 502, description = "Upstream model error", body = ErrorEnvelope),
-        (status = 503, description = "Model not configured", body = ErrorEnvelope),
+        (status = 400, description = "Conversation is deleted", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
+        (status = 422, description = "Validation error", body = Envelope<ErrorData>),
+        (status = 502, description = "Upstream model error", body = Envelope<ErrorData>),
+        (status = 503, description = "Model not configured", body = Envelope<ErrorData>),
     ))]
 async fn create(
     State(state): State<AppState>,
@@ -144,12 +144,12 @@ async fn create(
     responses(
         (status = 200, description = "text/event-stream of deltas, then `done` (or a JSON envelope when the guardrails refuse)",
             content((String = "text/event-stream"), (Envelope<ConversationView> = "application/json"))),
-        (status = 400, description = "Conversation is deleted", body = ErrorEnvelope),
-        (status = 401, description = "Token expired", body = ErrorEnvelope),
-        (status = 403, description = "Forbidden", body = ErrorEnvelope),
-        (status = 422, description = "Validation error", body = ErrorEnvelope),
-        (status = 502, description = "Upstream model error", body = ErrorEnvelope),
-        (status = 503, description = "Model not configured", body = ErrorEnvelope),
+        (status = 400, description = "Conversation is deleted", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
+        (status = 422, description = "Validation error", body = Envelope<ErrorData>),
+        (status = 502, description = "Upstream model error", body = Envelope<ErrorData>),
+        (status = 503, description = "Model not configured", body = Envelope<ErrorData>),
     ))]
 async fn stream(
     State(state): State<AppState>,
@@ -189,11 +189,11 @@ fn sse_event(event: ReplyEvent) -> Event {
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "History", body = Envelope<ConversationView>),
-        (status = 400, description = "Conversation already deleted", body = ErrorEnvelope),
-        (status = 401, description = "Token expired", body = ErrorEnvelope),
-        (status = 403, description = "Forbidden", body = ErrorEnvelope),
-        (status = 404, description = "Conversation not found", body = ErrorEnvelope),
-        (status = 422, description = "Non-integer id", body = ErrorEnvelope),
+        (status = 400, description = "Conversation already deleted", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
+        (status = 404, description = "Conversation not found", body = Envelope<ErrorData>),
+        (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
     ))]
 async fn messages(
     State(state): State<AppState>,
@@ -209,8 +209,8 @@ async fn messages(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Conversations", body = Envelope<ConversationList>),
-        (status = 401, description = "Not authenticated", body = ErrorEnvelope),
-        (status = 422, description = "Bad paging values", body = ErrorEnvelope),
+        (status = 401, description = "Not authenticated", body = Envelope<ErrorData>),
+        (status = 422, description = "Bad paging values", body = Envelope<ErrorData>),
     ))]
 async fn conversations(
     State(state): State<AppState>,
@@ -234,11 +234,11 @@ async fn conversations(
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Conversation deleted", body = Envelope<MessageData>),
-        (status = 400, description = "Conversation already deleted", body = ErrorEnvelope),
-        (status = 401, description = "Token expired", body = ErrorEnvelope),
-        (status = 403, description = "Forbidden", body = ErrorEnvelope),
-        (status = 404, description = "Conversation not found", body = ErrorEnvelope),
-        (status = 422, description = "Non-integer id", body = ErrorEnvelope),
+        (status = 400, description = "Conversation already deleted", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
+        (status = 404, description = "Conversation not found", body = Envelope<ErrorData>),
+        (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
     ))]
 async fn delete(
     State(state): State<AppState>,
@@ -257,13 +257,13 @@ async fn delete(
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Summary", body = Envelope<SummaryData>),
-        (status = 400, description = "Conversation already deleted", body = ErrorEnvelope),
-        (status = 401, description = "Token expired", body = ErrorEnvelope),
-        (status = 403, description = "Forbidden", body = ErrorEnvelope),
-        (status = 404, description = "Conversation not found", body = ErrorEnvelope),
-        (status = 422, description = "Non-integer id", body = ErrorEnvelope),
-        (status = 502, description = "Upstream model error", body = ErrorEnvelope),
-        (status = 503, description = "Model not configured", body = ErrorEnvelope),
+        (status = 400, description = "Conversation already deleted", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
+        (status = 404, description = "Conversation not found", body = Envelope<ErrorData>),
+        (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
+        (status = 502, description = "Upstream model error", body = Envelope<ErrorData>),
+        (status = 503, description = "Model not configured", body = Envelope<ErrorData>),
     ))]
 async fn summarize(
     State(state): State<AppState>,

@@ -29,9 +29,6 @@ pub struct ErrorData {
     pub errors: Option<Vec<FieldError>>,
 }
 
-/// An error envelope, for the OpenAPI document.
-pub type ErrorEnvelope = Envelope<ErrorData>;
-
 /// A successful response: status plus enveloped data.
 pub struct Reply<T> {
     status: StatusCode,

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::error::AppError;
 use crate::http::AppState;
-use crate::http::envelope::ErrorEnvelope;
+use crate::http::envelope::{Envelope, ErrorData};
 use crate::http::extract::{ApiPath, ApiQuery, bearer_token};
 use crate::services::chat::{ReplyEvent, SHUTTING_DOWN, TurnOutcome, TurnRequest};
 
@@ -40,7 +40,7 @@ pub struct SocketParams {
     params(("conversation_id" = i64, Path, description = "Conversation id, 0 for a new one"), SocketParams),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 422, description = "Non-integer id", body = ErrorEnvelope),
+        (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
     ))]
 pub async fn chat_socket(
     State(state): State<AppState>,

@@ -1,0 +1,105 @@
+//! Envelope, health, docs, unknown routes, CORS, limits.
+
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn health_and_root_are_enveloped() {
+    let app = spawn_app().await;
+    let health = app.get("/health", None).await;
+    assert_eq!(health.expect(200)["status"], "healthy");
+    let root = app.get("/", None).await;
+    assert!(root.expect(200)["message"].is_string());
+    assert!(health.headers.get("x-request-id").is_some());
+    assert_eq!(health.headers["x-content-type-options"], "nosniff");
+}
+
+#[tokio::test]
+async fn unknown_route_and_wrong_method_are_enveloped() {
+    let app = spawn_app().await;
+    let missing = app.get("/api/nope", None).await;
+    assert_eq!(missing.expect(404)["message"], "Not Found");
+    let wrong = app.post("/health", &json!({}), None).await;
+    assert_eq!(wrong.expect(405)["message"], "Method Not Allowed");
+    let wrong = app.get("/api/chat/create", None).await;
+    wrong.expect(405);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_envelope() {
+    let app = spawn_app().await;
+    let huge = "x".repeat(1024 * 1024);
+    let answer = app
+        .post_raw("/api/chat/create", format!("{{\"message\":\"{huge}\"}}"), "application/json")
+        .await;
+    assert_eq!(answer.expect(413)["message"], "Request body too large");
+    // Chunked (no Content-Length) bodies are cut as well.
+    let stream = futures::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 16 * 1024])));
+    let answer = app
+        .post_raw("/api/auth/login", reqwest::Body::wrap_stream(stream), "application/json")
+        .await;
+    answer.expect(413);
+}
+
+#[tokio::test]
+async fn openapi_and_docs_are_served_offline() {
+    let app = spawn_app().await;
+    let response = app.client.get(format!("{}/openapi.json", app.address)).send().await.expect("get");
+    assert_eq!(response.status(), 200);
+    let document: serde_json::Value = response.json().await.expect("json");
+    for path in [
+        "/api/auth/signup",
+        "/api/auth/login",
+        "/api/auth/me",
+        "/api/chat/create",
+        "/api/chat/stream",
+        "/api/chat/ws/{conversation_id}",
+        "/api/chat/messages/{id}",
+        "/api/chat/conversations",
+        "/api/chat/delete/{id}",
+        "/api/chat/summarize/{id}",
+        "/health",
+    ] {
+        assert!(document["paths"].get(path).is_some(), "missing {path}");
+    }
+    assert!(document["components"]["schemas"].get("ErrorData").is_some());
+    let docs = app.client.get(format!("{}/docs/", app.address)).send().await.expect("get");
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.expect("html");
+    assert!(html.contains("swagger"), "{html}");
+    // The Swagger UI bundle comes from the binary, not a CDN.
+    let bundle = app
+        .client
+        .get(format!("{}/docs/swagger-ui-bundle.js", app.address))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(bundle.status(), 200);
+    let redoc = app.client.get(format!("{}/redoc", app.address)).send().await.expect("get");
+    assert_eq!(redoc.status(), 200);
+}
+
+#[tokio::test]
+async fn cors_preflight_from_the_frontend_passes() {
+    let app = crate::helpers::spawn_app_with(&[("CORS_ALLOW_ORIGINS", "http://localhost:3000,https://app.example.com")]).await;
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, format!("{}/api/chat/create", app.address))
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,content-type")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "http://localhost:3000");
+    let other = app
+        .client
+        .get(format!("{}/health", app.address))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("get");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}

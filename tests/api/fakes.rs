@@ -1,0 +1,308 @@
+//! Fake upstreams on loopback speaking the real wire formats: OpenAI chat
+//! completions (JSON and `text/event-stream` ending in `data: [DONE]`) and
+//! Pinecone's records search. They record what the server sent them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// How the fake model answers the next requests.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// Stream these tokens, waiting `delay` before each.
+    Tokens { tokens: Vec<String>, delay: Duration },
+    /// Answer this HTTP status with an OpenAI error body.
+    Status(u16),
+    /// Stream `tokens`, then cut the connection without `[DONE]`.
+    DropAfter { tokens: Vec<String> },
+    /// Stream `tokens`, then go silent forever.
+    HangAfter { tokens: Vec<String> },
+    /// Stream the words of the question of the current turn back, one per chunk.
+    EchoQuestion,
+}
+
+#[derive(Default)]
+struct OpenAiState {
+    behaviour: Mutex<Option<Behaviour>>,
+    requests: Mutex<Vec<Value>>,
+    /// Streams whose body was dropped before it finished (client went away).
+    closed_early: AtomicUsize,
+    closed_notify: Notify,
+}
+
+/// A fake OpenAI-compatible server.
+#[derive(Clone)]
+pub struct FakeOpenAi {
+    pub base_url: String,
+    state: Arc<OpenAiState>,
+}
+
+impl FakeOpenAi {
+    pub async fn start() -> Self {
+        let state = Arc::new(OpenAiState::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(state.clone());
+        let base_url = format!("http://{}/v1", serve(app).await);
+        let fake = Self { base_url, state };
+        fake.answer(&["Hello", " from", " the", " fake", " model."]);
+        fake
+    }
+
+    /// Stream these tokens with no delay.
+    pub fn answer(&self, tokens: &[&str]) {
+        self.behave(Behaviour::Tokens {
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
+            delay: Duration::ZERO,
+        });
+    }
+
+    pub fn behave(&self, behaviour: Behaviour) {
+        *self.state.behaviour.lock().expect("lock") = Some(behaviour);
+    }
+
+    /// Every request body received, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state.requests.lock().expect("lock").len()
+    }
+
+    pub fn closed_early(&self) -> usize {
+        self.state.closed_early.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` streams were closed before finishing.
+    pub async fn wait_closed_early(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let notified = self.state.closed_notify.notified();
+            if self.closed_early() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("upstream saw {} early closes, expected {n}", self.closed_early());
+            }
+        }
+    }
+}
+
+struct CloseWatch {
+    state: Arc<OpenAiState>,
+    finished: bool,
+}
+
+impl Drop for CloseWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.closed_early.fetch_add(1, Ordering::SeqCst);
+            self.state.closed_notify.notify_waiters();
+        }
+    }
+}
+
+fn chunk(content: Option<&str>, finish: Option<&str>) -> Bytes {
+    let delta = match content {
+        Some(text) => json!({ "content": text }),
+        None => json!({}),
+    };
+    let body = json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": "fake-model",
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+async fn completions(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("Bearer "));
+    state.requests.lock().expect("lock").push(request.clone());
+    if !authorized {
+        return error_response(401);
+    }
+    let behaviour = state.behaviour.lock().expect("lock").clone();
+    let Some(behaviour) = behaviour else {
+        return error_response(500);
+    };
+    let streaming = request["stream"].as_bool().unwrap_or(false);
+    let (tokens, delay, ending) = match behaviour {
+        Behaviour::Status(status) => return error_response(status),
+        Behaviour::Tokens { tokens, delay } => (tokens, delay, Ending::Done),
+        Behaviour::DropAfter { tokens } => (tokens, Duration::ZERO, Ending::Drop),
+        Behaviour::HangAfter { tokens } => (tokens, Duration::ZERO, Ending::Hang),
+        Behaviour::EchoQuestion => (echo_tokens(&request), Duration::ZERO, Ending::Done),
+    };
+    if !streaming {
+        let body = json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": "fake-model",
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": tokens.concat() },
+                "finish_reason": "stop",
+            }],
+            "usage": { "prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2 },
+        });
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    }
+    let stream = async_stream::stream! {
+        let mut watch = CloseWatch { state: state.clone(), finished: false };
+        yield Ok::<_, std::io::Error>(Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"id":"chatcmpl-fake","object":"chat.completion.chunk","created":1_700_000_000,"model":"fake-model",
+                   "choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]})
+        )));
+        for token in tokens {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            yield Ok(chunk(Some(&token), None));
+        }
+        match ending {
+            Ending::Done => {
+                yield Ok(chunk(None, Some("stop")));
+                yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+                watch.finished = true;
+            }
+            Ending::Drop => {
+                // Let hyper flush what was sent before the connection is cut.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                watch.finished = true;
+                yield Err(std::io::Error::other("connection cut by the fake"));
+            }
+            Ending::Hang => {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from_stream(stream))
+        .expect("valid response")
+}
+
+/// The words after "Question: " in the last message, each with its leading space.
+fn echo_tokens(request: &Value) -> Vec<String> {
+    let last = request["messages"]
+        .as_array()
+        .and_then(|messages| messages.last())
+        .and_then(|message| message["content"].as_str())
+        .unwrap_or_default();
+    let question = last.rsplit("Question: ").next().unwrap_or_default();
+    question
+        .split(' ')
+        .enumerate()
+        .map(|(i, word)| if i == 0 { word.to_string() } else { format!(" {word}") })
+        .collect()
+}
+
+enum Ending {
+    Done,
+    Drop,
+    Hang,
+}
+
+fn error_response(status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"error": {"message": "fake upstream error with secret detail sk-upstream-detail", "type": "server_error", "param": null, "code": null}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// One recorded Pinecone search.
+#[derive(Clone, Debug)]
+pub struct PineconeRequest {
+    pub namespace: String,
+    pub api_key: Option<String>,
+    pub api_version: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct PineconeState {
+    hits: Mutex<Value>,
+    fail: Mutex<bool>,
+    requests: Mutex<Vec<PineconeRequest>>,
+}
+
+/// A fake Pinecone index host.
+#[derive(Clone)]
+pub struct FakePinecone {
+    pub base_url: String,
+    state: Arc<PineconeState>,
+}
+
+impl FakePinecone {
+    pub async fn start() -> Self {
+        let state = Arc::new(PineconeState::default());
+        let app = Router::new()
+            .route("/records/namespaces/{namespace}/search", post(search))
+            .with_state(state.clone());
+        let base_url = format!("http://{}", serve(app).await);
+        let fake = Self { base_url, state };
+        fake.set_hits(json!([
+            {"_id": "kb-fees", "_score": 0.91, "fields": {"text": "Domestic transfers are free.", "category": "payments"}},
+            {"_id": "kb-cards", "_score": 0.72, "fields": {"text": "Cards can be frozen in the app."}},
+        ]));
+        fake
+    }
+
+    pub fn set_hits(&self, hits: Value) {
+        *self.state.hits.lock().expect("lock") = hits;
+    }
+
+    pub fn fail(&self, fail: bool) {
+        *self.state.fail.lock().expect("lock") = fail;
+    }
+
+    pub fn requests(&self) -> Vec<PineconeRequest> {
+        self.state.requests.lock().expect("lock").clone()
+    }
+}
+
+async fn search(
+    State(state): State<Arc<PineconeState>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    state.requests.lock().expect("lock").push(PineconeRequest {
+        namespace,
+        api_key: header_text("api-key"),
+        api_version: header_text("x-pinecone-api-version"),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    });
+    if *state.fail.lock().expect("lock") {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+    }
+    let hits = state.hits.lock().expect("lock").clone();
+    axum::Json(json!({"result": {"hits": hits}, "usage": {"read_units": 1}})).into_response()
+}
+
+async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}

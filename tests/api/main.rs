@@ -1,0 +1,10 @@
+//! One integration-test binary: every module drives the real server over real sockets.
+
+mod fakes;
+mod helpers;
+
+mod auth;
+mod basics;
+mod chat;
+mod conversations;
+mod streaming;
