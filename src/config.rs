@@ -408,11 +408,26 @@ mod tests {
     #[test]
     fn database_url_forms() {
         let cases = [
-            ("sqlite:///./chat.db", DatabaseTarget::SqliteFile("./chat.db".into())),
-            ("sqlite:///chat.db", DatabaseTarget::SqliteFile("chat.db".into())),
-            ("sqlite:////tmp/x.db", DatabaseTarget::SqliteFile("/tmp/x.db".into())),
-            ("sqlite:data.db", DatabaseTarget::SqliteFile("data.db".into())),
-            ("sqlite://data.db?mode=rwc", DatabaseTarget::SqliteFile("data.db".into())),
+            (
+                "sqlite:///./chat.db",
+                DatabaseTarget::SqliteFile("./chat.db".into()),
+            ),
+            (
+                "sqlite:///chat.db",
+                DatabaseTarget::SqliteFile("chat.db".into()),
+            ),
+            (
+                "sqlite:////tmp/x.db",
+                DatabaseTarget::SqliteFile("/tmp/x.db".into()),
+            ),
+            (
+                "sqlite:data.db",
+                DatabaseTarget::SqliteFile("data.db".into()),
+            ),
+            (
+                "sqlite://data.db?mode=rwc",
+                DatabaseTarget::SqliteFile("data.db".into()),
+            ),
             ("sqlite://", DatabaseTarget::SqliteMemory),
             ("sqlite::memory:", DatabaseTarget::SqliteMemory),
             (
@@ -438,7 +453,10 @@ mod tests {
     fn defaults_load_without_any_variable() {
         let config = load(&[]).expect("defaults are valid");
         assert_eq!(config.port, 8000);
-        assert_eq!(config.database, DatabaseTarget::SqliteFile("./chat.db".into()));
+        assert_eq!(
+            config.database,
+            DatabaseTarget::SqliteFile("./chat.db".into())
+        );
         assert!(config.pinecone.is_none());
         assert!(config.model.api_key.is_none());
         assert_eq!(config.model.model, "gpt-4o");
@@ -471,14 +489,20 @@ mod tests {
 
     #[test]
     fn pinecone_host_forms() {
-        let bare = load(&[("PINECONE_API_KEY", "k"), ("PINECONE_HOST", "idx.svc.pinecone.io")])
-            .expect("valid");
+        let bare = load(&[
+            ("PINECONE_API_KEY", "k"),
+            ("PINECONE_HOST", "idx.svc.pinecone.io"),
+        ])
+        .expect("valid");
         assert_eq!(
             bare.pinecone.expect("configured").base_url,
             "https://idx.svc.pinecone.io"
         );
-        let full = load(&[("PINECONE_API_KEY", "k"), ("PINECONE_HOST", "http://127.0.0.1:9000/")])
-            .expect("valid");
+        let full = load(&[
+            ("PINECONE_API_KEY", "k"),
+            ("PINECONE_HOST", "http://127.0.0.1:9000/"),
+        ])
+        .expect("valid");
         assert_eq!(
             full.pinecone.expect("configured").base_url,
             "http://127.0.0.1:9000"
@@ -487,8 +511,11 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let config = load(&[("JWT_SECRET", "topsecretvalue"), ("OPENAI_API_KEY", "sk-abc")])
-            .expect("valid");
+        let config = load(&[
+            ("JWT_SECRET", "topsecretvalue"),
+            ("OPENAI_API_KEY", "sk-abc"),
+        ])
+        .expect("valid");
         let printed = format!("{config:?}");
         assert!(!printed.contains("topsecretvalue"));
         assert!(!printed.contains("sk-abc"));

@@ -85,9 +85,7 @@ impl AppError {
     pub fn public_message(&self) -> String {
         match self {
             Self::Validation(_) => "Validation error".into(),
-            Self::BadRequest(msg) | Self::Unauthorized(msg) | Self::NotFound(msg) => {
-                (*msg).into()
-            }
+            Self::BadRequest(msg) | Self::Unauthorized(msg) | Self::NotFound(msg) => (*msg).into(),
             Self::Unavailable { message, .. } => (*message).into(),
             Self::UpstreamModel(_) => "Upstream model error".into(),
             Self::Database(err) if is_pool_exhaustion(err) => {

@@ -25,7 +25,10 @@ pub enum StartupError {
     #[error("cannot apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot bind {addr} (HOST/PORT): {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot build an HTTP client: {0}")]
     HttpClient(#[from] reqwest::Error),
     #[error("cannot initialise: {0}")]
@@ -57,14 +60,24 @@ impl Application {
         let db = open_database(&config).await?;
         let model = ModelClient::new(&config.model)?;
         if model.is_none() {
-            tracing::warn!("OPENAI_API_KEY is not set: chat routes will answer 503 Model not configured");
+            tracing::warn!(
+                "OPENAI_API_KEY is not set: chat routes will answer 503 Model not configured"
+            );
         }
-        let retrieval = config.pinecone.clone().map(RetrievalClient::new).transpose()?;
+        let retrieval = config
+            .pinecone
+            .clone()
+            .map(RetrievalClient::new)
+            .transpose()?;
         if retrieval.is_none() {
-            tracing::warn!("PINECONE_API_KEY/PINECONE_HOST not set: answers will use no retrieved context");
+            tracing::warn!(
+                "PINECONE_API_KEY/PINECONE_HOST not set: answers will use no retrieved context"
+            );
         }
         if config.uses_default_jwt_secret() {
-            tracing::warn!("JWT_SECRET is the built-in default: anyone can forge tokens. Set JWT_SECRET in production");
+            tracing::warn!(
+                "JWT_SECRET is the built-in default: anyone can forge tokens. Set JWT_SECRET in production"
+            );
         }
         let tasks = TaskTracker::new();
         let auth = AuthService::new(&config, db.clone())
@@ -110,7 +123,10 @@ impl Application {
 
     /// Serves until `signal` completes (or the shutdown token is cancelled),
     /// then ends open streams, waits for their stores, and closes the pool.
-    pub async fn run_until_stopped(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let shutdown = self.state.shutdown.clone();
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "listening");
@@ -130,7 +146,10 @@ impl Application {
         })
         .await;
         self.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(30), self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::error!("shutdown: background stores still running after 30 s");
         }
         self.db.close().await;

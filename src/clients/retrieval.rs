@@ -7,7 +7,11 @@ use serde_json::Value;
 use crate::config::PineconeConfig;
 
 /// Characters left as-is in a path segment (RFC 3986 unreserved).
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// One retrieved passage.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,11 +14,16 @@ use crate::http::extract::{ApiJson, AuthUser};
 use crate::services::auth::Session;
 use crate::storage::users::UserRecord;
 
-pub fn router() -> OpenApiRouter<AppState> {
+/// Signup and login: rate-limited per client IP.
+pub fn credentials_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(signup))
         .routes(routes!(login))
-        .routes(routes!(me))
+}
+
+/// The rest of `/api/auth`.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(me))
 }
 
 /// Signup body; unknown fields are ignored.
@@ -100,7 +105,10 @@ async fn signup(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<SignupRequest>,
 ) -> Result<Reply<SessionData>, AppError> {
-    let session = state.auth.signup(&body.email, &body.name, &body.password).await?;
+    let session = state
+        .auth
+        .signup(&body.email, &body.name, &body.password)
+        .await?;
     Ok(Reply::created(SessionData::new("User created", session)))
 }
 

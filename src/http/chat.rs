@@ -17,19 +17,25 @@ use crate::error::AppError;
 use crate::http::AppState;
 use crate::http::envelope::{Envelope, ErrorData, Reply};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, MaybeAuthUser};
-use crate::services::chat::{ConversationSummary, ConversationView, ReplyEvent, TurnOutcome, TurnRequest};
+use crate::services::chat::{
+    ConversationSummary, ConversationView, ReplyEvent, TurnOutcome, TurnRequest,
+};
 
-/// Routes answered within the request timeout.
+/// One-shot chat turns (rate-limited, answered within the request timeout).
+pub fn turn_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create))
+}
+
+/// Conversation reads and edits (answered within the request timeout).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create))
         .routes(routes!(messages))
         .routes(routes!(conversations))
         .routes(routes!(delete))
         .routes(routes!(summarize))
 }
 
-/// Long-lived streaming routes (no request timeout).
+/// Long-lived streaming routes (rate-limited, no request timeout).
 pub fn streaming_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(stream))
@@ -163,7 +169,9 @@ async fn stream(
     let events = replies
         .until_shutdown(state.shutdown.clone())
         .map(|event| Ok::<_, Infallible>(sse_event(event)));
-    let keep_alive = KeepAlive::new().interval(state.config.sse_keepalive).text("ping");
+    let keep_alive = KeepAlive::new()
+        .interval(state.config.sse_keepalive)
+        .text("ping");
     let mut response = Sse::new(events).keep_alive(keep_alive).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -175,7 +183,8 @@ fn sse_event(event: ReplyEvent) -> Event {
     match event {
         ReplyEvent::Delta(text) => Event::default().data(json!({ "delta": text }).to_string()),
         ReplyEvent::Done(view) => Event::default().event("done").data(
-            json!({ "conversation_id": view.conversation_id, "messages": view.messages }).to_string(),
+            json!({ "conversation_id": view.conversation_id, "messages": view.messages })
+                .to_string(),
         ),
         ReplyEvent::Failed(message) => Event::default()
             .event("error")
@@ -218,11 +227,17 @@ async fn conversations(
     ApiQuery(paging): ApiQuery<Paging>,
 ) -> Result<Reply<ConversationList>, AppError> {
     if paging.limit.is_some_and(|limit| limit < 0) {
-        return Err(AppError::invalid(&["query", "limit"], "limit must not be negative"));
+        return Err(AppError::invalid(
+            &["query", "limit"],
+            "limit must not be negative",
+        ));
     }
     let offset = paging.offset.unwrap_or(0);
     if offset < 0 {
-        return Err(AppError::invalid(&["query", "offset"], "offset must not be negative"));
+        return Err(AppError::invalid(
+            &["query", "offset"],
+            "offset must not be negative",
+        ));
     }
     let conversations = state.chat.list(user.id, paging.limit, offset).await?;
     Ok(Reply::ok(ConversationList { conversations }))

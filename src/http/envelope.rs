@@ -62,7 +62,11 @@ impl<T: Serialize> IntoResponse for Reply<T> {
 }
 
 /// Renders an error envelope with the given status and message.
-pub fn error_response(status: StatusCode, message: String, errors: Option<Vec<FieldError>>) -> Response {
+pub fn error_response(
+    status: StatusCode,
+    message: String,
+    errors: Option<Vec<FieldError>>,
+) -> Response {
     let body = Envelope {
         status_code: status.as_u16(),
         data: ErrorData { message, errors },
@@ -72,10 +76,13 @@ pub fn error_response(status: StatusCode, message: String, errors: Option<Vec<Fi
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            // The cause goes to the log only; the client gets the public sentence.
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // The cause goes to the log only; the client gets the public sentence.
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        } else if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
         }
         let retry_after = match &self {
             AppError::TooManyRequests { retry_after } => Some(*retry_after),

@@ -4,8 +4,8 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::{HeaderMap, header};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 
 use crate::error::{AppError, FieldError};
@@ -20,15 +20,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection: BytesRejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    AppError::PayloadTooLarge
-                } else {
-                    AppError::BadRequest("Could not read the request body")
-                }
-            })?;
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection: BytesRejection| {
+                    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                        AppError::PayloadTooLarge
+                    } else {
+                        AppError::BadRequest("Could not read the request body")
+                    }
+                })?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -45,7 +46,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         let inner = err.into_inner();
         let message = inner.to_string();
         let kind = match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "json_invalid",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "json_invalid"
+            }
             _ if message.starts_with("missing field") => "missing",
             _ => "type_error",
         };
@@ -63,7 +66,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         }])
     })?;
     deserializer.end().map_err(|err| {
-        AppError::Validation(vec![FieldError::new(&["body"], strip_position(&err.to_string()), "json_invalid")])
+        AppError::Validation(vec![FieldError::new(
+            &["body"],
+            strip_position(&err.to_string()),
+            "json_invalid",
+        )])
     })?;
     Ok(parsed)
 }
@@ -114,7 +121,11 @@ where
             .await
             .map(|Query(value)| ApiQuery(value))
             .map_err(|rejection: QueryRejection| {
-                AppError::Validation(vec![FieldError::new(&["query"], rejection.body_text(), "value_error")])
+                AppError::Validation(vec![FieldError::new(
+                    &["query"],
+                    rejection.body_text(),
+                    "value_error",
+                )])
             })
     }
 }
@@ -152,6 +163,8 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        Ok(MaybeAuthUser(state.auth.optional_caller(bearer_token(&parts.headers))?))
+        Ok(MaybeAuthUser(
+            state.auth.optional_caller(bearer_token(&parts.headers))?,
+        ))
     }
 }

@@ -9,7 +9,9 @@ use crate::http::AppState;
 use crate::http::envelope::{Envelope, Reply};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(health)).routes(routes!(root))
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(root))
 }
 
 /// Liveness answer.

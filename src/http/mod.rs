@@ -5,9 +5,11 @@ pub mod chat;
 pub mod envelope;
 pub mod extract;
 pub mod health;
+pub mod rate_limit;
 pub mod ws;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -19,7 +21,9 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -79,31 +83,61 @@ impl Modify for BearerAuth {
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, api) = api_router(Duration::from_secs(1)).split_for_parts();
-    api
+    api_router(None).split_for_parts().1
 }
 
-use std::time::Duration;
+/// What the API routes need beyond their handlers: rate limiters and the timeout.
+struct RouteLimits {
+    state: AppState,
+}
 
-fn api_router(request_timeout: Duration) -> OpenApiRouter<AppState> {
-    let bounded = OpenApiRouter::new()
+fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
+    let mut credentials = auth::credentials_router();
+    let mut turns = chat::turn_router();
+    let mut streams = chat::streaming_router();
+    let mut bounded = OpenApiRouter::new()
         .merge(auth::router())
         .merge(chat::router())
-        .merge(health::router())
+        .merge(health::router());
+    if let Some(RouteLimits { state }) = limits {
+        let config = &state.config;
+        if let Some(layer) = rate_limit::layer(
+            config.rate_limit_auth_per_minute,
+            config.trust_forwarded_for,
+            None,
+            &state.shutdown,
+        ) {
+            credentials = credentials.layer(layer);
+        }
+        if let Some(layer) = rate_limit::layer(
+            config.rate_limit_chat_per_minute,
+            config.trust_forwarded_for,
+            Some(state.auth.clone()),
+            &state.shutdown,
+        ) {
+            // One budget shared by one-shot, SSE and WebSocket turns.
+            turns = turns.layer(layer.clone());
+            streams = streams.layer(layer);
+        }
         // Non-streaming requests get a deadline; streams have their own timeouts.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ));
+        let timeout =
+            TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout);
+        bounded = bounded.merge(credentials).merge(turns).layer(timeout);
+    } else {
+        bounded = bounded.merge(credentials).merge(turns);
+    }
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(bounded)
-        .merge(chat::streaming_router())
+        .merge(streams)
 }
 
 /// The whole application: routes, docs, and middleware.
 pub fn app(state: AppState) -> Router {
     let config = state.config.clone();
-    let (routes, api) = api_router(config.request_timeout).split_for_parts();
+    let limits = RouteLimits {
+        state: state.clone(),
+    };
+    let (routes, api) = api_router(Some(limits)).split_for_parts();
     let docs = Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api.clone()))
         .merge(Redoc::with_url("/redoc", api));
@@ -157,7 +191,9 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
                 .iter()
                 .filter_map(|origin| HeaderValue::from_str(origin).ok())
                 .collect();
-            layer.allow_origin(AllowOrigin::list(values)).allow_credentials(true)
+            layer
+                .allow_origin(AllowOrigin::list(values))
+                .allow_credentials(true)
         }
     }
 }

@@ -55,9 +55,11 @@ pub async fn chat_socket(
         .max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
         // Tracked so shutdown waits for the session to store its partial answer.
-        .on_upgrade(move |socket| tasks.track_future(async move {
-            Session { socket, state }.run(conversation_id, token).await;
-        }))
+        .on_upgrade(move |socket| {
+            tasks.track_future(async move {
+                Session { socket, state }.run(conversation_id, token).await;
+            })
+        })
 }
 
 #[derive(Deserialize)]
@@ -178,13 +180,15 @@ impl Session {
                             None
                         }
                         Err(_) => {
-                            self.fail("Invalid JSON: expected {\"message\": \"...\"}").await;
+                            self.fail("Invalid JSON: expected {\"message\": \"...\"}")
+                                .await;
                             None
                         }
                     };
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    self.fail("Expected a text frame with {\"message\": \"...\"}").await;
+                    self.fail("Expected a text frame with {\"message\": \"...\"}")
+                        .await;
                     return None;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -195,7 +199,10 @@ impl Session {
 
     /// Sends a text frame; false when the client is gone.
     async fn send(&mut self, text: String) -> bool {
-        self.socket.send(Message::Text(Utf8Bytes::from(text))).await.is_ok()
+        self.socket
+            .send(Message::Text(Utf8Bytes::from(text)))
+            .await
+            .is_ok()
     }
 
     async fn fail(&mut self, message: &str) {
@@ -273,7 +280,9 @@ mod tests {
 
     #[test]
     fn json_looking_deltas_are_coalesced_without_loss() {
-        let deltas = ["The", " answer", " is", " 42", " 2024", "true", " null", "\"", "x\"", " done", "7"];
+        let deltas = [
+            "The", " answer", " is", " 42", " 2024", "true", " null", "\"", "x\"", " done", "7",
+        ];
         let mut coalescer = DeltaCoalescer::default();
         let mut frames = Vec::new();
         for delta in deltas {
@@ -283,7 +292,10 @@ mod tests {
         assert_eq!(frames.concat(), deltas.concat());
         // Every frame but the final flush must not parse as JSON.
         for frame in &frames[..frames.len() - 1] {
-            assert!(serde_json::from_str::<serde_json::Value>(frame).is_err(), "{frame:?}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(frame).is_err(),
+                "{frame:?}"
+            );
         }
     }
 

@@ -83,10 +83,11 @@ impl AuthService {
     pub async fn new(config: &Config, db: Database) -> Result<Self, AppError> {
         let secret = config.jwt_secret.expose().as_bytes();
         let cost = config.bcrypt_cost;
-        let dummy_hash = tokio::task::spawn_blocking(move || bcrypt::hash("not-a-real-password", cost))
-            .await
-            .map_err(|err| AppError::Internal(err.to_string()))?
-            .map_err(|err| AppError::Internal(err.to_string()))?;
+        let dummy_hash =
+            tokio::task::spawn_blocking(move || bcrypt::hash("not-a-real-password", cost))
+                .await
+                .map_err(|err| AppError::Internal(err.to_string()))?
+                .map_err(|err| AppError::Internal(err.to_string()))?;
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Self {
             db,
@@ -101,7 +102,12 @@ impl AuthService {
     }
 
     /// Creates an account; 400 when the (normalised) email is taken.
-    pub async fn signup(&self, email: &str, name: &str, password: &str) -> Result<Session, AppError> {
+    pub async fn signup(
+        &self,
+        email: &str,
+        name: &str,
+        password: &str,
+    ) -> Result<Session, AppError> {
         let email = normalize_email(email)?;
         let name = name.trim();
         if name.chars().count() > MAX_NAME_CHARS {
@@ -125,9 +131,10 @@ impl AuthService {
             Ok(email) => users::find_by_email(&self.db, &email).await?,
             Err(_) => None,
         };
-        let hash = user
-            .as_ref()
-            .map_or_else(|| self.dummy_hash.to_string(), |user| user.password_hash.clone());
+        let hash = user.as_ref().map_or_else(
+            || self.dummy_hash.to_string(),
+            |user| user.password_hash.clone(),
+        );
         let matches = self.verify_password(password.to_owned(), hash).await?;
         match user {
             Some(user) if matches => self.session_for(user),
@@ -238,7 +245,10 @@ pub fn normalize_email(raw: &str) -> Result<String, AppError> {
 
 fn validate_password(password: &str) -> Result<(), AppError> {
     if password.is_empty() {
-        return Err(AppError::invalid(&["body", "password"], "password must not be empty"));
+        return Err(AppError::invalid(
+            &["body", "password"],
+            "password must not be empty",
+        ));
     }
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(AppError::invalid(

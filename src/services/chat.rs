@@ -19,9 +19,9 @@ use crate::clients::retrieval::RetrievalClient;
 use crate::error::AppError;
 use crate::services::guardrails::{self, Verdict};
 use crate::services::prompt;
+use crate::storage::Database;
 use crate::storage::conversations::{self, ConversationRecord};
 use crate::storage::messages::{self, MessageRecord, NewMessage, Role};
-use crate::storage::Database;
 
 /// One message as clients see it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -143,7 +143,10 @@ pub const SHUTTING_DOWN: &str = "The server is restarting. Please try again in a
 impl ReplyStream {
     /// Ends the stream with a `Failed` event when `shutdown` fires; the partial
     /// answer is stored as the inner stream is dropped.
-    pub fn until_shutdown(self, shutdown: CancellationToken) -> impl Stream<Item = ReplyEvent> + Send {
+    pub fn until_shutdown(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl Stream<Item = ReplyEvent> + Send {
         async_stream::stream! {
             let mut replies = self;
             loop {
@@ -205,12 +208,18 @@ impl ChatService {
     /// Checks a typed message: not blank, not over the length limit.
     pub fn validate_message<'a>(&self, message: &'a str) -> Result<&'a str, AppError> {
         if message.trim().is_empty() {
-            return Err(AppError::invalid(&["body", "message"], "message must not be empty"));
+            return Err(AppError::invalid(
+                &["body", "message"],
+                "message must not be empty",
+            ));
         }
         if message.chars().count() > self.max_message_chars {
             return Err(AppError::invalid(
                 &["body", "message"],
-                format!("message must be at most {} characters", self.max_message_chars),
+                format!(
+                    "message must be at most {} characters",
+                    self.max_message_chars
+                ),
             ));
         }
         Ok(message)
@@ -262,7 +271,11 @@ impl ChatService {
         }))
     }
 
-    fn reply_events(self, conversation_id: i64, mut tokens: TokenStream) -> impl Stream<Item = ReplyEvent> + Send {
+    fn reply_events(
+        self,
+        conversation_id: i64,
+        mut tokens: TokenStream,
+    ) -> impl Stream<Item = ReplyEvent> + Send {
         async_stream::stream! {
             let mut answer = PartialAnswer {
                 db: self.db.clone(),
@@ -323,14 +336,21 @@ impl ChatService {
                         }
                     }
                 }
-                Err(AppError::Internal("reply stream ended without a result".into()))
+                Err(AppError::Internal(
+                    "reply stream ended without a result".into(),
+                ))
             }
         }
     }
 
     /// The client view of a conversation the caller may read.
-    pub async fn messages(&self, caller: Option<i64>, id: i64) -> Result<ConversationView, AppError> {
-        self.usable(caller, id, "Conversation already deleted").await?;
+    pub async fn messages(
+        &self,
+        caller: Option<i64>,
+        id: i64,
+    ) -> Result<ConversationView, AppError> {
+        self.usable(caller, id, "Conversation already deleted")
+            .await?;
         self.view(id).await
     }
 
@@ -347,7 +367,8 @@ impl ChatService {
 
     /// Soft-deletes a conversation the caller owns (or an anonymous one).
     pub async fn delete(&self, caller: Option<i64>, id: i64) -> Result<(), AppError> {
-        self.usable(caller, id, "Conversation already deleted").await?;
+        self.usable(caller, id, "Conversation already deleted")
+            .await?;
         if conversations::soft_delete(&self.db, id).await? {
             Ok(())
         } else {
@@ -358,7 +379,8 @@ impl ChatService {
 
     /// A short summary with key points and next steps.
     pub async fn summarize(&self, caller: Option<i64>, id: i64) -> Result<String, AppError> {
-        self.usable(caller, id, "Conversation already deleted").await?;
+        self.usable(caller, id, "Conversation already deleted")
+            .await?;
         let view = self.view(id).await?;
         if view.messages.is_empty() {
             return Ok(prompt::EMPTY_SUMMARY.to_string());
@@ -476,7 +498,11 @@ impl PartialAnswer {
         if self.text.trim().is_empty() {
             return Ok(());
         }
-        let write = store_answer(self.db.clone(), self.conversation_id, std::mem::take(&mut self.text));
+        let write = store_answer(
+            self.db.clone(),
+            self.conversation_id,
+            std::mem::take(&mut self.text),
+        );
         self.tasks
             .spawn(write)
             .await
@@ -490,10 +516,17 @@ impl Drop for PartialAnswer {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!(conversation_id = self.conversation_id, "partial answer lost: no runtime");
+            tracing::error!(
+                conversation_id = self.conversation_id,
+                "partial answer lost: no runtime"
+            );
             return;
         };
-        let write = store_answer(self.db.clone(), self.conversation_id, std::mem::take(&mut self.text));
+        let write = store_answer(
+            self.db.clone(),
+            self.conversation_id,
+            std::mem::take(&mut self.text),
+        );
         let conversation_id = self.conversation_id;
         self.tasks.spawn_on(
             async move {

@@ -49,7 +49,10 @@ static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 
 impl Database {
     /// Opens the pool (creating the SQLite file when missing).
-    pub async fn connect(target: &DatabaseTarget, settings: PoolSettings) -> Result<Self, sqlx::Error> {
+    pub async fn connect(
+        target: &DatabaseTarget,
+        settings: PoolSettings,
+    ) -> Result<Self, sqlx::Error> {
         match target {
             DatabaseTarget::SqliteFile(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -45,7 +45,9 @@ pub async fn insert(
     });
     match result {
         Ok(user) => Ok(InsertOutcome::Created(user)),
-        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => Ok(InsertOutcome::EmailTaken),
+        Err(sqlx::Error::Database(err)) if err.is_unique_violation() => {
+            Ok(InsertOutcome::EmailTaken)
+        }
         Err(err) => Err(err),
     }
 }

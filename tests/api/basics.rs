@@ -31,13 +31,22 @@ async fn oversized_body_is_413_envelope() {
     let app = spawn_app().await;
     let huge = "x".repeat(1024 * 1024);
     let answer = app
-        .post_raw("/api/chat/create", format!("{{\"message\":\"{huge}\"}}"), "application/json")
+        .post_raw(
+            "/api/chat/create",
+            format!("{{\"message\":\"{huge}\"}}"),
+            "application/json",
+        )
         .await;
     assert_eq!(answer.expect(413)["message"], "Request body too large");
     // Chunked (no Content-Length) bodies are cut as well.
-    let stream = futures::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 16 * 1024])));
+    let stream =
+        futures::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 16 * 1024])));
     let answer = app
-        .post_raw("/api/auth/login", reqwest::Body::wrap_stream(stream), "application/json")
+        .post_raw(
+            "/api/auth/login",
+            reqwest::Body::wrap_stream(stream),
+            "application/json",
+        )
         .await;
     answer.expect(413);
 }
@@ -45,7 +54,12 @@ async fn oversized_body_is_413_envelope() {
 #[tokio::test]
 async fn openapi_and_docs_are_served_offline() {
     let app = spawn_app().await;
-    let response = app.client.get(format!("{}/openapi.json", app.address)).send().await.expect("get");
+    let response = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(response.status(), 200);
     let document: serde_json::Value = response.json().await.expect("json");
     for path in [
@@ -64,7 +78,12 @@ async fn openapi_and_docs_are_served_offline() {
         assert!(document["paths"].get(path).is_some(), "missing {path}");
     }
     assert!(document["components"]["schemas"].get("ErrorData").is_some());
-    let docs = app.client.get(format!("{}/docs/", app.address)).send().await.expect("get");
+    let docs = app
+        .client
+        .get(format!("{}/docs/", app.address))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(docs.status(), 200);
     let html = docs.text().await.expect("html");
     assert!(html.contains("swagger"), "{html}");
@@ -76,24 +95,42 @@ async fn openapi_and_docs_are_served_offline() {
         .await
         .expect("get");
     assert_eq!(bundle.status(), 200);
-    let redoc = app.client.get(format!("{}/redoc", app.address)).send().await.expect("get");
+    let redoc = app
+        .client
+        .get(format!("{}/redoc", app.address))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(redoc.status(), 200);
 }
 
 #[tokio::test]
 async fn cors_preflight_from_the_frontend_passes() {
-    let app = crate::helpers::spawn_app_with(&[("CORS_ALLOW_ORIGINS", "http://localhost:3000,https://app.example.com")]).await;
+    let app = crate::helpers::spawn_app_with(&[(
+        "CORS_ALLOW_ORIGINS",
+        "http://localhost:3000,https://app.example.com",
+    )])
+    .await;
     let preflight = app
         .client
-        .request(reqwest::Method::OPTIONS, format!("{}/api/chat/create", app.address))
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/chat/create", app.address),
+        )
         .header("origin", "http://localhost:3000")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .expect("preflight");
     assert!(preflight.status().is_success());
-    assert_eq!(preflight.headers()["access-control-allow-origin"], "http://localhost:3000");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
     let other = app
         .client
         .get(format!("{}/health", app.address))
@@ -102,4 +139,48 @@ async fn cors_preflight_from_the_frontend_passes() {
         .await
         .expect("get");
     assert!(other.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn login_attempts_are_rate_limited_per_ip_with_retry_after() {
+    let app = crate::helpers::spawn_app_with(&[("RATE_LIMIT_AUTH_PER_MINUTE", "3")]).await;
+    let body = json!({"email": "nobody@example.com", "password": "wrong"});
+    for _ in 0..3 {
+        app.post("/api/auth/login", &body, None).await.expect(401);
+    }
+    let limited = app.post("/api/auth/login", &body, None).await;
+    assert_eq!(limited.expect(429)["message"], "Too Many Requests");
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .expect("header")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry_after));
+    // Other routes are not affected.
+    app.get("/health", None).await.expect(200);
+}
+
+#[tokio::test]
+async fn chat_turns_are_rate_limited_per_user() {
+    let app = crate::helpers::spawn_app_with(&[("RATE_LIMIT_CHAT_PER_MINUTE", "2")]).await;
+    let (alice, _) = app.signup("alice@example.com").await;
+    let (bob, _) = app.signup("bob@example.com").await;
+    app.create(serde_json::Value::Null, "one", Some(&alice))
+        .await
+        .expect(200);
+    app.create(serde_json::Value::Null, "two", Some(&alice))
+        .await
+        .expect(200);
+    app.create(serde_json::Value::Null, "three", Some(&alice))
+        .await
+        .expect(429);
+    // The SSE route shares the budget.
+    let response = app
+        .open_stream(&json!({"message": "four"}), Some(&alice))
+        .await;
+    assert_eq!(response.status(), 429);
+    // Another user on the same IP still has their own budget.
+    app.create(serde_json::Value::Null, "hello", Some(&bob))
+        .await
+        .expect(200);
 }

@@ -19,7 +19,10 @@ use tokio::sync::Notify;
 #[derive(Clone, Debug)]
 pub enum Behaviour {
     /// Stream these tokens, waiting `delay` before each.
-    Tokens { tokens: Vec<String>, delay: Duration },
+    Tokens {
+        tokens: Vec<String>,
+        delay: Duration,
+    },
     /// Answer this HTTP status with an OpenAI error body.
     Status(u16),
     /// Stream `tokens`, then cut the connection without `[DONE]`.
@@ -92,7 +95,10 @@ impl FakeOpenAi {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("upstream saw {} early closes, expected {n}", self.closed_early());
+                panic!(
+                    "upstream saw {} early closes, expected {n}",
+                    self.closed_early()
+                );
             }
         }
     }
@@ -127,7 +133,11 @@ fn chunk(content: Option<&str>, finish: Option<&str>) -> Bytes {
     Bytes::from(format!("data: {body}\n\n"))
 }
 
-async fn completions(State(state): State<Arc<OpenAiState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(
+    State(state): State<Arc<OpenAiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let authorized = headers
         .get(header::AUTHORIZATION)
@@ -211,7 +221,13 @@ fn echo_tokens(request: &Value) -> Vec<String> {
     question
         .split(' ')
         .enumerate()
-        .map(|(i, word)| if i == 0 { word.to_string() } else { format!(" {word}") })
+        .map(|(i, word)| {
+            if i == 0 {
+                word.to_string()
+            } else {
+                format!(" {word}")
+            }
+        })
         .collect()
 }
 
@@ -284,7 +300,12 @@ async fn search(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     state.requests.lock().expect("lock").push(PineconeRequest {
         namespace,
         api_key: header_text("api-key"),
@@ -299,7 +320,9 @@ async fn search(
 }
 
 async fn serve(app: Router) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind fake");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

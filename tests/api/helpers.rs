@@ -124,7 +124,11 @@ impl TestApp {
         let bytes = response.bytes().await.expect("body");
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Answer { status, headers, body }
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
@@ -136,14 +140,22 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value, token: Option<&str>) -> Answer {
-        let mut request = self.client.post(format!("{}{path}", self.address)).json(body);
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .json(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         self.send(request).await
     }
 
-    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>, content_type: &str) -> Answer {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        content_type: &str,
+    ) -> Answer {
         let request = self
             .client
             .post(format!("{}{path}", self.address))
@@ -169,7 +181,12 @@ impl TestApp {
     }
 
     /// One-shot chat turn.
-    pub async fn create(&self, conversation_id: Value, message: &str, token: Option<&str>) -> Answer {
+    pub async fn create(
+        &self,
+        conversation_id: Value,
+        message: &str,
+        token: Option<&str>,
+    ) -> Answer {
         self.post(
             "/api/chat/create",
             &json!({"conversation_id": conversation_id, "message": message}),
@@ -180,13 +197,18 @@ impl TestApp {
 
     /// Starts a new conversation with one answered turn; returns its id.
     pub async fn new_conversation(&self, token: Option<&str>) -> i64 {
-        let answer = self.create(Value::Null, "How do I freeze my card?", token).await;
+        let answer = self
+            .create(Value::Null, "How do I freeze my card?", token)
+            .await;
         answer.expect(200)["conversation_id"].as_i64().expect("id")
     }
 
     /// Opens an SSE stream; returns the response (status checked by caller).
     pub async fn open_stream(&self, body: &Value, token: Option<&str>) -> reqwest::Response {
-        let mut request = self.client.post(format!("{}/api/chat/stream", self.address)).json(body);
+        let mut request = self
+            .client
+            .post(format!("{}/api/chat/stream", self.address))
+            .json(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -209,7 +231,12 @@ impl TestApp {
     }
 
     /// Runs one WebSocket turn; returns every text frame until close.
-    pub async fn ws_turn(&self, conversation_id: &str, token: Option<&str>, first_frame: &str) -> Vec<String> {
+    pub async fn ws_turn(
+        &self,
+        conversation_id: &str,
+        token: Option<&str>,
+        first_frame: &str,
+    ) -> Vec<String> {
         let (mut socket, _) = tokio_tungstenite::connect_async(self.ws_url(conversation_id, token))
             .await
             .expect("ws connect");
@@ -240,7 +267,10 @@ impl TestApp {
     }
 
     /// Reads the SQLite file directly (tests only): every message row.
-    pub async fn stored_messages(&self, conversation_id: i64) -> Vec<(String, String, Option<String>)> {
+    pub async fn stored_messages(
+        &self,
+        conversation_id: i64,
+    ) -> Vec<(String, String, Option<String>)> {
         let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", self.db_path.display()))
             .await
             .expect("open db");
@@ -260,10 +290,15 @@ impl TestApp {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let rows = self.stored_messages(conversation_id).await;
-            if let Some((_, content, _)) = rows.iter().rev().find(|(role, _, _)| role == "assistant") {
+            if let Some((_, content, _)) =
+                rows.iter().rev().find(|(role, _, _)| role == "assistant")
+            {
                 return content.clone();
             }
-            assert!(tokio::time::Instant::now() < deadline, "no assistant message stored");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no assistant message stored"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -307,7 +342,13 @@ pub fn deltas(events: &[SseEvent]) -> String {
 }
 
 /// Signs a token the way the Python version did.
-pub fn python_style_token(user_id: &str, email: &str, exp: i64, secret: &str, alg: jsonwebtoken::Algorithm) -> String {
+pub fn python_style_token(
+    user_id: &str,
+    email: &str,
+    exp: i64,
+    secret: &str,
+    alg: jsonwebtoken::Algorithm,
+) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(alg),
         &json!({"user_id": user_id, "email": email, "exp": exp}),

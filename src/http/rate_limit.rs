@@ -1,0 +1,122 @@
+//! Rate limits (tower_governor): per client IP on signup/login, per user (or
+//! IP when anonymous) on chat turns. Counters live in this process.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use governor::clock::QuantaInstant;
+use governor::middleware::NoOpMiddleware;
+use tokio_util::sync::CancellationToken;
+use tower_governor::GovernorError;
+use tower_governor::GovernorLayer;
+use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
+use tower_governor::key_extractor::KeyExtractor;
+
+use crate::http::extract::bearer_token;
+use crate::services::auth::AuthService;
+
+/// Who a request is counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    User(String),
+    Ip(IpAddr),
+}
+
+/// Client IP from the socket, or from the last `X-Forwarded-For` hop (the one
+/// our own proxy appended) when `TRUST_FORWARDED_FOR` says a proxy is in front.
+/// The leftmost entry is never used: clients can forge it.
+#[derive(Clone)]
+pub struct ClientKeyExtractor {
+    trust_forwarded_for: bool,
+    /// Present for per-user limits: a valid token counts against its user.
+    auth: Option<AuthService>,
+}
+
+impl ClientKeyExtractor {
+    fn client_ip<T>(&self, request: &Request<T>) -> Option<IpAddr> {
+        if self.trust_forwarded_for {
+            let forwarded = request
+                .headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+                .next_back();
+            if forwarded.is_some() {
+                return forwarded;
+            }
+        }
+        request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+    }
+}
+
+impl KeyExtractor for ClientKeyExtractor {
+    type Key = ClientKey;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<ClientKey, GovernorError> {
+        if let Some(auth) = &self.auth {
+            let token = bearer_token(request.headers()).or_else(|| query_token(request));
+            if let Some(claims) = token.and_then(|token| auth.decode(token).ok()) {
+                return Ok(ClientKey::User(claims.user_id));
+            }
+        }
+        self.client_ip(request)
+            .map(ClientKey::Ip)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+fn query_token<T>(request: &Request<T>) -> Option<&str> {
+    request
+        .uri()
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+}
+
+type Config = GovernorConfig<ClientKeyExtractor, NoOpMiddleware<QuantaInstant>>;
+
+/// A layer allowing `per_minute` requests per key (bursts up to that many),
+/// or `None` when the limit is 0 (disabled).
+pub fn layer(
+    per_minute: u32,
+    trust_forwarded_for: bool,
+    auth: Option<AuthService>,
+    shutdown: &CancellationToken,
+) -> Option<GovernorLayer<ClientKeyExtractor, NoOpMiddleware<QuantaInstant>, Body>> {
+    if per_minute == 0 {
+        return None;
+    }
+    let period = Duration::from_secs(60) / per_minute;
+    let config: Arc<Config> = Arc::new(
+        GovernorConfigBuilder::default()
+            .period(period)
+            .burst_size(per_minute)
+            .key_extractor(ClientKeyExtractor {
+                trust_forwarded_for,
+                auth,
+            })
+            .finish()?,
+    );
+    // Forget idle clients now and then so the key map does not grow forever.
+    let limiter = config.limiter().clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => limiter.retain_recent(),
+            }
+        }
+    });
+    Some(GovernorLayer::new(config))
+}
