@@ -135,7 +135,9 @@ impl AuthService {
             || self.dummy_hash.to_string(),
             |user| user.password_hash.clone(),
         );
-        let matches = self.verify_password(password.to_owned(), hash).await?;
+        let matches = self.verify_password(password.to_owned(), hash).await?
+            // bcrypt would compare only the first 72 bytes; signup never accepts longer.
+            && password.len() <= MAX_PASSWORD_BYTES;
         match user {
             Some(user) if matches => self.session_for(user),
             _ => Err(INVALID),
@@ -204,9 +206,8 @@ impl AuthService {
 
     async fn verify_password(&self, password: String, hash: String) -> Result<bool, AppError> {
         // A malformed stored hash or an over-long password simply does not match.
-        Ok(self
-            .blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await?)
+        self.blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await
     }
 
     async fn blocking<T: Send + 'static>(

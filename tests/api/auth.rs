@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use eloquent::storage::Database;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
@@ -30,38 +31,50 @@ fn assert_validation(answer: &Answer, loc: &[&str]) {
     );
 }
 
-/// Opens the test database directly.
-async fn db(app: &TestApp) -> sqlx::SqlitePool {
-    sqlx::SqlitePool::connect(&format!("sqlite://{}", app.db_path.display()))
-        .await
-        .expect("open db")
-}
-
 /// Every stored email, in insertion order.
 async fn stored_emails(app: &TestApp) -> Vec<String> {
-    let pool = db(app).await;
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT email FROM users ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .expect("query users");
-    pool.close().await;
+    const SQL: &str = "SELECT email FROM users ORDER BY id";
+    let db = app.db().await;
+    let rows: Vec<(String,)> = match &db {
+        Database::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+        Database::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+    }
+    .expect("query users");
+    db.close().await;
     rows.into_iter().map(|(email,)| email).collect()
 }
 
-/// Inserts a user row the way an imported Python table would hold it.
+/// Inserts a user row the way an imported Python table would hold it
+/// (`created_at` as text: SQLite keeps it, PostgreSQL parses it).
 async fn insert_user(app: &TestApp, email: &str, name: &str, hash: &str, created_at: &str) -> i64 {
-    let pool = db(app).await;
-    let (id,): (i64,) = sqlx::query_as(
-        "INSERT INTO users (email, name, password_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
-    )
-    .bind(email)
-    .bind(name)
-    .bind(hash)
-    .bind(created_at)
-    .fetch_one(&pool)
-    .await
+    let db = app.db().await;
+    let (id,): (i64,) = match &db {
+        Database::Sqlite(pool) => {
+            sqlx::query_as(
+                "INSERT INTO users (email, name, password_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(email)
+            .bind(name)
+            .bind(hash)
+            .bind(created_at)
+            .fetch_one(pool)
+            .await
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_as(
+                "INSERT INTO users (email, name, password_hash, created_at) \
+                 VALUES ($1, $2, $3, $4::text::timestamptz) RETURNING id",
+            )
+            .bind(email)
+            .bind(name)
+            .bind(hash)
+            .bind(created_at)
+            .fetch_one(pool)
+            .await
+        }
+    }
     .expect("insert user");
-    pool.close().await;
+    db.close().await;
     id
 }
 

@@ -1,6 +1,7 @@
 //! Conversation routes: messages, list, delete, summarize, and the ownership
 //! rule across them (including `/create` with an existing id).
 
+use eloquent::storage::Database;
 use serde_json::{Value, json};
 
 use crate::fakes::Behaviour;
@@ -23,17 +24,14 @@ fn delete_path(id: impl std::fmt::Display) -> String {
 
 /// Reads a conversation row directly: (user_id, is_deleted).
 async fn conversation_row(app: &TestApp, id: i64) -> Option<(Option<i64>, bool)> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.db_path.display()))
-        .await
-        .expect("open db");
-    let row: Option<(Option<i64>, bool)> =
-        sqlx::query_as("SELECT user_id, is_deleted FROM conversations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&pool)
-            .await
-            .expect("query");
-    pool.close().await;
-    row
+    const SQL: &str = "SELECT user_id, is_deleted FROM conversations WHERE id = $1";
+    let db = app.db().await;
+    let row = match &db {
+        Database::Sqlite(pool) => sqlx::query_as(SQL).bind(id).fetch_optional(pool).await,
+        Database::Postgres(pool) => sqlx::query_as(SQL).bind(id).fetch_optional(pool).await,
+    };
+    db.close().await;
+    row.expect("query conversation")
 }
 
 async fn list(app: &TestApp, query: &str, token: &str) -> Vec<Value> {

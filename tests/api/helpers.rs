@@ -4,6 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use eloquent::config::DatabaseTarget;
+use eloquent::storage::{Database, PoolSettings};
 use eloquent::{Application, Config};
 use futures::StreamExt;
 use reqwest::StatusCode;
@@ -24,7 +28,9 @@ pub struct TestApp {
     pub pinecone: FakePinecone,
     pub shutdown: CancellationToken,
     pub server: Option<JoinHandle<std::io::Result<()>>>,
+    /// The SQLite file (unused when the suite runs on PostgreSQL).
     pub db_path: std::path::PathBuf,
+    pub database_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -59,6 +65,40 @@ impl Answer {
     }
 }
 
+/// A fresh database per test: a new PostgreSQL database when
+/// `TEST_DATABASE_URL` names a server, a SQLite file otherwise.
+async fn test_database_url(sqlite_path: &std::path::Path) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(admin_url) if !admin_url.is_empty() => {
+            let name = format!(
+                "eloquent_t{}_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst),
+                chrono::Utc::now().timestamp_subsec_nanos()
+            );
+            let admin = sqlx::PgPool::connect(&admin_url)
+                .await
+                .expect("TEST_DATABASE_URL is set but PostgreSQL is unreachable");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&admin)
+                .await
+                .expect("create test database");
+            admin.close().await;
+            let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+            url.set_path(&name);
+            url.to_string()
+        }
+        _ => {
+            assert!(
+                std::env::var("EXPECT_POSTGRES").as_deref() != Ok("1"),
+                "EXPECT_POSTGRES=1 but TEST_DATABASE_URL is not set: refusing to silently test SQLite"
+            );
+            format!("sqlite:///{}", sqlite_path.display())
+        }
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
@@ -73,10 +113,12 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let pinecone = FakePinecone::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let db_path = dir.path().join("test.db");
+    let database_url = test_database_url(&db_path).await;
     let mut vars: HashMap<String, String> = [
         ("HOST", "127.0.0.1".to_string()),
         ("PORT", "0".to_string()),
-        ("DATABASE_URL", format!("sqlite:///{}", db_path.display())),
+        ("DATABASE_URL", database_url.clone()),
+        ("DB_POOL_SIZE", "8".to_string()),
         ("OPENAI_API_KEY", "sk-test-key-not-real".to_string()),
         ("OPENAI_BASE_URL", openai.base_url.clone()),
         ("OPENAI_MODEL", "fake-model".to_string()),
@@ -112,6 +154,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         shutdown,
         server: Some(server),
         db_path,
+        database_url,
         _dir: dir,
     }
 }
@@ -266,23 +309,53 @@ impl TestApp {
         }
     }
 
-    /// Reads the SQLite file directly (tests only): every message row.
+    /// A direct connection to the app's database (tests only).
+    pub async fn db(&self) -> Database {
+        let target = DatabaseTarget::parse(&self.database_url).expect("test database URL");
+        let settings = PoolSettings {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(10),
+        };
+        Database::connect(&target, settings)
+            .await
+            .expect("open test database")
+    }
+
+    /// Every message row of a conversation: (role, content, user_message).
     pub async fn stored_messages(
         &self,
         conversation_id: i64,
     ) -> Vec<(String, String, Option<String>)> {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", self.db_path.display()))
-            .await
-            .expect("open db");
-        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT role, content, user_message FROM messages WHERE conversation_id = $1 ORDER BY id",
-        )
-        .bind(conversation_id)
-        .fetch_all(&pool)
-        .await
-        .expect("query");
-        pool.close().await;
-        rows
+        const SQL: &str = "SELECT role, content, user_message FROM messages WHERE conversation_id = $1 ORDER BY id";
+        let db = self.db().await;
+        let rows = match &db {
+            Database::Sqlite(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(conversation_id)
+                    .fetch_all(pool)
+                    .await
+            }
+            Database::Postgres(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(conversation_id)
+                    .fetch_all(pool)
+                    .await
+            }
+        };
+        db.close().await;
+        rows.expect("query messages")
+    }
+
+    /// Number of rows in a table.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        let db = self.db().await;
+        let count: Result<(i64,), sqlx::Error> = match &db {
+            Database::Sqlite(pool) => sqlx::query_as(&sql).fetch_one(pool).await,
+            Database::Postgres(pool) => sqlx::query_as(&sql).fetch_one(pool).await,
+        };
+        db.close().await;
+        count.expect("count").0
     }
 
     /// Waits until the conversation holds an assistant message (stored after a disconnect).
