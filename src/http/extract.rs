@@ -36,54 +36,78 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 /// Parses JSON, turning serde's error into a located validation error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    let invalid = |loc: Vec<String>, msg: String, kind: &str| {
+        AppError::Validation(vec![FieldError {
+            loc,
+            msg,
+            kind: kind.to_string(),
+        }])
+    };
+    let body = || vec!["body".to_string()];
+    // Syntax first (serde_json also caps nesting depth here).
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|err| invalid(body(), strip_position(&err.to_string()), "json_invalid"))?;
     // serde fills structs from arrays too; every body of this API is an object.
-    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
-    if first.is_some_and(|byte| *byte != b'{')
-        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
-    {
-        return Err(AppError::Validation(vec![FieldError::new(
-            &["body"],
-            "Input should be a valid dictionary or object",
+    if !value.is_object() {
+        return Err(invalid(
+            body(),
+            "Input should be a valid dictionary or object".into(),
             "dict_type",
-        )]));
+        ));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let mut loc = vec!["body".to_string()];
+    // PostgreSQL text cannot hold NUL; refuse it the same way on every backend.
+    let mut path = body();
+    if contains_nul(&value, &mut path) {
+        return Err(invalid(
+            path,
+            "text must not contain NUL characters".into(),
+            "string_nul",
+        ));
+    }
+    serde_path_to_error::deserialize(&value).map_err(|err| {
+        let mut loc = body();
         let path = err.path().to_string();
         if path != "." {
             loc.extend(path.split('.').map(str::to_string));
         }
-        let inner = err.into_inner();
-        let message = inner.to_string();
-        let kind = match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                "json_invalid"
-            }
-            _ if message.starts_with("missing field") => "missing",
-            _ => "type_error",
-        };
+        let message = err.into_inner().to_string();
         // serde reports a missing field at its parent; name the field itself.
-        if let Some(field) = message
+        let missing = message
             .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            loc.push(field.to_string());
-        }
-        AppError::Validation(vec![FieldError {
-            loc,
-            msg: strip_position(&message),
-            kind: kind.to_string(),
-        }])
-    })?;
-    deserializer.end().map_err(|err| {
-        AppError::Validation(vec![FieldError::new(
-            &["body"],
-            strip_position(&err.to_string()),
-            "json_invalid",
-        )])
-    })?;
-    Ok(parsed)
+            .and_then(|rest| rest.split('`').next());
+        let kind = match missing {
+            Some(field) => {
+                loc.push(field.to_string());
+                "missing"
+            }
+            None => "type_error",
+        };
+        invalid(loc, strip_position(&message), kind)
+    })
+}
+
+/// Finds a string containing NUL; `path` is left pointing at it.
+fn contains_nul(value: &serde_json::Value, path: &mut Vec<String>) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().enumerate().any(|(index, item)| {
+            path.push(index.to_string());
+            let found = contains_nul(item, path);
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        serde_json::Value::Object(fields) => fields.iter().any(|(key, item)| {
+            path.push(key.clone());
+            let found = key.contains('\0') || contains_nul(item, path);
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        _ => false,
+    }
 }
 
 fn strip_position(message: &str) -> String {

@@ -213,6 +213,12 @@ impl ChatService {
                 "message must not be empty",
             ));
         }
+        if message.contains('\0') {
+            return Err(AppError::invalid(
+                &["body", "message"],
+                "message must not contain NUL characters",
+            ));
+        }
         if message.chars().count() > self.max_message_chars {
             return Err(AppError::invalid(
                 &["body", "message"],

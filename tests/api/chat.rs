@@ -186,6 +186,7 @@ async fn non_integer_conversation_ids_are_422() {
         assert_eq!(loc, json!(["body", "conversation_id"]), "form {form}");
     }
     assert_eq!(app.openai.request_count(), 0);
+    assert_eq!(app.count_rows("conversations").await, 0);
 }
 
 // --- message validation ----------------------------------------------------
@@ -210,6 +211,9 @@ async fn missing_empty_or_blank_message_is_422() {
     }
     assert_eq!(app.openai.request_count(), 0);
     assert!(app.pinecone.requests().is_empty());
+    // A rejected message leaves no trace.
+    assert_eq!(app.count_rows("conversations").await, 0);
+    assert_eq!(app.count_rows("messages").await, 0);
 }
 
 #[tokio::test]
@@ -534,6 +538,7 @@ async fn model_not_configured_is_503_while_the_rest_works() {
     let answer = app.create(Value::Null, "Hello", None).await;
     assert_eq!(answer.expect(503)["message"], "Model not configured");
     assert_eq!(app.openai.request_count(), 0);
+    assert_eq!(app.count_rows("messages").await, 0);
     assert_eq!(
         app.get("/health", None).await.expect(200)["status"],
         "healthy"
@@ -599,14 +604,16 @@ async fn refused_turns_are_never_sent_to_the_model() {
 #[tokio::test]
 async fn secrets_are_refused_and_never_stored() {
     let app = spawn_app().await;
-    let key = format!("sk-{}", "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1");
+    let (token, _) = app.signup("ada@example.com").await;
+    let secret = "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1";
+    let key = format!("sk-{secret}");
     assert_eq!(key.len(), 33);
     let typed = format!("My API key is {key}, is it still valid?");
-    let answer = app.create(Value::Null, &typed, None).await;
+    let answer = app.create(Value::Null, &typed, Some(&token)).await;
     let data = answer.expect(200);
     let id = conversation_id(data);
     assert!(
-        !answer.body.to_string().contains(&key),
+        !answer.body.to_string().contains(secret),
         "key echoed: {}",
         answer.body
     );
@@ -620,12 +627,17 @@ async fn secrets_are_refused_and_never_stored() {
     let roles: Vec<&str> = rows.iter().map(|(role, _, _)| role.as_str()).collect();
     assert_eq!(roles, ["system", "guardrails"]);
     for (_, content, typed) in &rows {
-        assert!(!content.contains(&key));
+        assert!(!content.contains(secret));
         assert!(
-            !typed.as_deref().unwrap_or_default().contains(&key),
+            !typed.as_deref().unwrap_or_default().contains(secret),
             "key stored: {typed:?}"
         );
     }
+    // Nor in the sidebar title.
+    let list = app.get("/api/chat/conversations", Some(&token)).await;
+    let listed = list.expect(200).to_string();
+    assert!(listed.contains(&format!("\"id\":{id}")), "{listed}");
+    assert!(!listed.contains(secret), "key in the short_name: {listed}");
 }
 
 #[tokio::test]
