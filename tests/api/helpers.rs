@@ -28,8 +28,6 @@ pub struct TestApp {
     pub pinecone: FakePinecone,
     pub shutdown: CancellationToken,
     pub server: Option<JoinHandle<std::io::Result<()>>>,
-    /// The SQLite file (unused when the suite runs on PostgreSQL).
-    pub db_path: std::path::PathBuf,
     pub database_url: String,
     _dir: tempfile::TempDir,
 }
@@ -153,7 +151,6 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         pinecone,
         shutdown,
         server: Some(server),
-        db_path,
         database_url,
         _dir: dir,
     }
