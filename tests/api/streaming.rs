@@ -524,3 +524,146 @@ async fn ws_answers_pings_and_closes_idle_sockets() {
     assert!(got_timeout, "idle socket not told why it was closed");
     assert_eq!(app.openai.request_count(), 0);
 }
+
+/// Open file descriptors of this process (server and fakes run in it).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Runs `count` SSE turns, `concurrency` at a time, mixing completed,
+/// client-aborted and upstream-failed streams.
+async fn stream_batch(app: &crate::helpers::TestApp, count: usize, concurrency: usize) {
+    let client = reqwest::Client::new();
+    futures::stream::iter(0..count)
+        .for_each_concurrent(concurrency, |i| {
+            let client = client.clone();
+            async move {
+                let response = client
+                    .post(format!("{}/api/chat/stream", app.address))
+                    .json(&json!({"message": format!("turn {i} of the load")}))
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(response.status(), 200);
+                // Every third client leaves after the first event; the rest read to the end.
+                let events = read_sse(response, if i % 3 == 0 { 1 } else { usize::MAX }).await;
+                assert!(!events.is_empty());
+            }
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_streams_leave_no_descriptors_or_tasks_behind() {
+    let app = spawn_app().await;
+    app.openai.behave(Behaviour::EchoQuestion);
+    stream_batch(&app, 100, 50).await;
+    let (idle_fds, idle_tasks) = settle(0, 0).await;
+    stream_batch(&app, 600, 50).await;
+    app.openai.behave(Behaviour::DropAfter {
+        tokens: vec!["cut".into(), " short".into()],
+    });
+    stream_batch(&app, 300, 50).await;
+    let (fds, tasks) = settle(idle_fds, idle_tasks).await;
+    println!("after 1,000 streams: fds {fds} (idle {idle_fds}), tasks {tasks} (idle {idle_tasks})");
+    assert!(
+        fds <= idle_fds + 10,
+        "descriptors leaked: {fds} > {idle_fds}"
+    );
+    assert!(
+        tasks <= idle_tasks + 5,
+        "tasks leaked: {tasks} > {idle_tasks}"
+    );
+}
+
+/// Waits until fds and tasks stop exceeding the given levels (or 10 s pass),
+/// returning the last reading.
+async fn settle(fd_target: usize, task_target: usize) -> (usize, usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut reading = (open_fds(), alive_tasks());
+    while tokio::time::Instant::now() < deadline
+        && (fd_target == 0 || reading.0 > fd_target + 10 || reading.1 > task_target + 5)
+    {
+        // Polling a process-wide counter: there is no event to await.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reading = (open_fds(), alive_tasks());
+        if fd_target == 0 {
+            break;
+        }
+    }
+    reading
+}
+
+/// Measurement, not a pass/fail budget: time to first delta added by the
+/// server over the fake upstream (run with `-- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints a table"]
+async fn measure_time_to_first_delta() {
+    let app = spawn_app().await;
+    app.openai.answer(&["first", " second"]);
+    let client = reqwest::Client::new();
+    let upstream_url = format!("{}/chat/completions", app.openai.base_url);
+    let mut direct = Vec::new();
+    let mut sse = Vec::new();
+    let mut ws = Vec::new();
+    for _ in 0..200 {
+        let started = std::time::Instant::now();
+        let response = client
+            .post(&upstream_url)
+            .bearer_auth("x")
+            .json(&json!({"model": "m", "stream": true, "messages": []}))
+            .send()
+            .await
+            .expect("send");
+        let mut body = response.bytes_stream();
+        let mut seen = String::new();
+        while !seen.contains("first") {
+            seen.push_str(&String::from_utf8_lossy(
+                &body.next().await.expect("chunk").expect("bytes"),
+            ));
+        }
+        direct.push(started.elapsed());
+
+        let started = std::time::Instant::now();
+        let response = app.open_stream(&json!({"message": "time me"}), None).await;
+        let first = read_sse(response, 1).await;
+        assert_eq!(first[0].data["delta"], "first");
+        sse.push(started.elapsed());
+
+        let started = std::time::Instant::now();
+        let (mut socket, _) = tokio_tungstenite::connect_async(app.ws_url("0", None))
+            .await
+            .expect("connect");
+        socket
+            .send(Message::Text(r#"{"message":"time me"}"#.into()))
+            .await
+            .expect("send");
+        let first = socket.next().await.expect("frame").expect("ok");
+        assert_eq!(first.to_text().expect("text"), "first");
+        ws.push(started.elapsed());
+    }
+    let percentile = |samples: &mut Vec<Duration>, p: f64| {
+        samples.sort();
+        samples[((samples.len() as f64 - 1.0) * p) as usize]
+    };
+    let (d50, d99) = (percentile(&mut direct, 0.5), percentile(&mut direct, 0.99));
+    println!("| path | p50 | p99 | added p50 |");
+    println!("|---|---|---|---|");
+    println!("| upstream direct | {d50:?} | {d99:?} | - |");
+    for (name, samples) in [
+        ("SSE via server", &mut sse),
+        ("WebSocket via server", &mut ws),
+    ] {
+        let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
+        println!(
+            "| {name} | {p50:?} | {p99:?} | {:?} |",
+            p50.saturating_sub(d50)
+        );
+    }
+}
