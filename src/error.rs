@@ -97,10 +97,19 @@ impl AppError {
     }
 }
 
-/// Pool timeouts and lost connections mean "try again", not "bug".
+/// Pool timeouts, lost connections and a database shutting down mean "try
+/// again", not "bug": SQLSTATE classes 08 (connection exception) and 57
+/// (operator intervention, e.g. admin shutdown).
 fn is_pool_exhaustion(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        _ => false,
+    }
 }

@@ -40,6 +40,8 @@ pub async fn open_database(config: &Config) -> Result<Database, StartupError> {
     let settings = PoolSettings {
         max_connections: config.db_pool_size,
         acquire_timeout: config.db_acquire_timeout,
+        idle_timeout: config.db_idle_timeout,
+        max_lifetime: config.db_max_lifetime,
     };
     let db = Database::connect(&config.database, settings).await?;
     db.migrate().await?;

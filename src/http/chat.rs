@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
+use utoipa::openapi::{Ref, RefOr, Schema};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -117,6 +118,81 @@ pub struct SummaryData {
     pub summary: String,
 }
 
+/// `data` of a token-delta event of `/api/chat/stream`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamDelta {
+    pub delta: String,
+}
+
+/// `data` of the `error` event of `/api/chat/stream`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamFailure {
+    pub message: String,
+}
+
+/// One event of `/api/chat/stream` as an SSE parser yields it: `event`
+/// (`message` when the stream names none) and `data`, a JSON text.
+pub struct StreamEvent;
+
+fn stream_event_variant(event: &str, description: &str, payload: &str) -> Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .description(Some(description))
+        .property(
+            "event",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([event])),
+        )
+        .required("event")
+        .property(
+            "data",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("application/json")
+                .content_schema(Some(Ref::from_schema_name(payload))),
+        )
+        .required("data")
+        .into()
+}
+
+impl utoipa::PartialSchema for StreamEvent {
+    fn schema() -> RefOr<Schema> {
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .description(Some(
+                "An SSE event: token deltas (no `event:` line), then `done` or `error`",
+            ))
+            .item(stream_event_variant(
+                "message",
+                "A token delta",
+                "StreamDelta",
+            ))
+            .item(stream_event_variant(
+                "done",
+                "The end: the whole history",
+                "ConversationView",
+            ))
+            .item(stream_event_variant(
+                "error",
+                "An upstream failure after the stream began; the stream ends",
+                "StreamFailure",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for StreamEvent {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        use utoipa::PartialSchema;
+        schemas.push((StreamDelta::name().into(), StreamDelta::schema()));
+        <StreamDelta as ToSchema>::schemas(schemas);
+        schemas.push((StreamFailure::name().into(), StreamFailure::schema()));
+        <StreamFailure as ToSchema>::schemas(schemas);
+        schemas.push((ConversationView::name().into(), ConversationView::schema()));
+        <ConversationView as ToSchema>::schemas(schemas);
+    }
+}
+
 /// Ask a question and get the whole answer at once.
 #[utoipa::path(post, path = "/api/chat/create", tag = "chat",
     request_body = ChatRequest,
@@ -149,7 +225,7 @@ async fn create(
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "text/event-stream of deltas, then `done` (or a JSON envelope when the guardrails refuse)",
-            content((String = "text/event-stream"), (Envelope<ConversationView> = "application/json"))),
+            content((StreamEvent = "text/event-stream"), (Envelope<ConversationView> = "application/json"))),
         (status = 400, description = "Conversation is deleted", body = Envelope<ErrorData>),
         (status = 401, description = "Token expired", body = Envelope<ErrorData>),
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
@@ -186,9 +262,9 @@ fn sse_event(event: ReplyEvent) -> Event {
             json!({ "conversation_id": view.conversation_id, "messages": view.messages })
                 .to_string(),
         ),
-        ReplyEvent::Failed(message) => Event::default()
+        ReplyEvent::Failed(failure) => Event::default()
             .event("error")
-            .data(json!({ "message": message }).to_string()),
+            .data(json!({ "message": failure.message() }).to_string()),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::error::AppError;
 use crate::http::AppState;
 use crate::http::envelope::{Envelope, ErrorData};
 use crate::http::extract::{ApiPath, ApiQuery, bearer_token};
-use crate::services::chat::{ReplyEvent, SHUTTING_DOWN, TurnOutcome, TurnRequest};
+use crate::services::chat::{Failure, ReplyEvent, TurnOutcome, TurnRequest};
 
 /// Largest frame a client may send (one question).
 const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
@@ -130,13 +130,13 @@ impl Session {
                         }
                         return;
                     }
-                    Some(ReplyEvent::Failed(message)) => {
+                    Some(ReplyEvent::Failed(failure)) => {
                         if let Some(rest) = pending.flush()
                             && !self.send(rest).await
                         {
                             return;
                         }
-                        return self.fail(message).await;
+                        return self.fail(failure.message()).await;
                     }
                     None => return self.close().await,
                 },
@@ -157,7 +157,7 @@ impl Session {
             let shutdown = self.state.shutdown.clone();
             let incoming = tokio::select! {
                 () = shutdown.cancelled() => {
-                    self.fail(SHUTTING_DOWN).await;
+                    self.fail(Failure::Shutdown.message()).await;
                     return None;
                 }
                 received = tokio::time::timeout_at(deadline, self.socket.recv()) => match received {

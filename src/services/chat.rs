@@ -124,11 +124,30 @@ pub enum TurnOutcome {
 pub enum ReplyEvent {
     Delta(String),
     Done(ConversationView),
-    Failed(&'static str),
+    Failed(Failure),
 }
 
-/// Sentence sent to clients when the upstream fails mid-answer.
-pub const INTERRUPTED: &str = "The assistant's answer was interrupted. Please try again.";
+/// Why a streaming turn ended without `Done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The model stream broke, stalled or timed out.
+    Upstream,
+    /// The answer could not be stored or the history not read back.
+    Storage,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl Failure {
+    /// The safe sentence shown to clients.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Upstream => "The assistant's answer was interrupted. Please try again.",
+            Self::Storage => "The answer could not be saved. Please try again.",
+            Self::Shutdown => "The server is restarting. Please try again in a moment.",
+        }
+    }
+}
 
 /// The events of one answer. Dropping it cancels the upstream request and
 /// stores whatever text was produced so far.
@@ -136,9 +155,6 @@ pub struct ReplyStream {
     pub conversation_id: i64,
     events: Pin<Box<dyn Stream<Item = ReplyEvent> + Send>>,
 }
-
-/// Sentence sent to clients whose stream is cut by a server shutdown.
-pub const SHUTTING_DOWN: &str = "The server is restarting. Please try again in a moment.";
 
 impl ReplyStream {
     /// Ends the stream with a `Failed` event when `shutdown` fires; the partial
@@ -153,7 +169,7 @@ impl ReplyStream {
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => {
-                        yield ReplyEvent::Failed(SHUTTING_DOWN);
+                        yield ReplyEvent::Failed(Failure::Shutdown);
                         break;
                     }
                     next = replies.next() => match next {
@@ -309,16 +325,16 @@ impl ChatService {
             let stored = answer.store().await;
             if let Some(err) = failure {
                 tracing::warn!(conversation_id, error = %err, "model stream failed mid-answer");
-                yield ReplyEvent::Failed(INTERRUPTED);
+                yield ReplyEvent::Failed(Failure::Upstream);
             } else if let Err(err) = stored {
                 tracing::error!(conversation_id, error = %err, "storing the answer failed");
-                yield ReplyEvent::Failed("The answer could not be saved. Please try again.");
+                yield ReplyEvent::Failed(Failure::Storage);
             } else {
                 match self.view(conversation_id).await {
                     Ok(view) => yield ReplyEvent::Done(view),
                     Err(err) => {
                         tracing::error!(conversation_id, error = %err, "loading the history failed");
-                        yield ReplyEvent::Failed("The answer could not be loaded. Please try again.");
+                        yield ReplyEvent::Failed(Failure::Storage);
                     }
                 }
             }
@@ -335,10 +351,16 @@ impl ChatService {
                     match event {
                         ReplyEvent::Delta(_) => {}
                         ReplyEvent::Done(view) => return Ok(view),
-                        ReplyEvent::Failed(_) => {
+                        ReplyEvent::Failed(Failure::Upstream) => {
                             return Err(AppError::UpstreamModel(format!(
                                 "conversation {conversation_id}: answer interrupted"
                             )));
+                        }
+                        ReplyEvent::Failed(failure) => {
+                            return Err(AppError::Unavailable {
+                                message: failure.message(),
+                                retry_after: None,
+                            });
                         }
                     }
                 }

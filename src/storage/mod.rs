@@ -42,6 +42,20 @@ pub(crate) use on_pool;
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+}
+
+impl PoolSettings {
+    /// Small pools for tools and tests.
+    pub fn small(acquire_timeout: Duration) -> Self {
+        Self {
+            max_connections: 2,
+            acquire_timeout,
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(1800),
+        }
+    }
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -91,8 +105,8 @@ impl Database {
                 let pool = PgPoolOptions::new()
                     .max_connections(settings.max_connections)
                     .acquire_timeout(settings.acquire_timeout)
-                    .idle_timeout(Duration::from_secs(600))
-                    .max_lifetime(Duration::from_secs(1800))
+                    .idle_timeout(settings.idle_timeout)
+                    .max_lifetime(settings.max_lifetime)
                     // A restarted server leaves dead connections in the pool: check before use.
                     .test_before_acquire(true)
                     .connect_with(options)

@@ -65,7 +65,7 @@ impl Answer {
 
 /// A fresh database per test: a new PostgreSQL database when
 /// `TEST_DATABASE_URL` names a server, a SQLite file otherwise.
-async fn test_database_url(sqlite_path: &std::path::Path) -> String {
+pub async fn test_database_url(sqlite_path: &std::path::Path) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     match std::env::var("TEST_DATABASE_URL") {
         Ok(admin_url) if !admin_url.is_empty() => {
@@ -309,10 +309,7 @@ impl TestApp {
     /// A direct connection to the app's database (tests only).
     pub async fn db(&self) -> Database {
         let target = DatabaseTarget::parse(&self.database_url).expect("test database URL");
-        let settings = PoolSettings {
-            max_connections: 2,
-            acquire_timeout: Duration::from_secs(10),
-        };
+        let settings = PoolSettings::small(Duration::from_secs(10));
         Database::connect(&target, settings)
             .await
             .expect("open test database")

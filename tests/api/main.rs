@@ -7,4 +7,6 @@ mod auth;
 mod basics;
 mod chat;
 mod conversations;
+mod fault;
+mod storage;
 mod streaming;
