@@ -153,6 +153,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_message_chars: usize,
     pub history_max_messages: usize,
+    pub max_streams_total: usize,
+    pub max_streams_per_user: usize,
     pub request_timeout: Duration,
     pub sse_keepalive: Duration,
     pub ws_idle_timeout: Duration,
@@ -318,6 +320,8 @@ impl Config {
             max_body_bytes: env.parse_in("MAX_BODY_BYTES", 65_536, 256..=64 * 1024 * 1024)?,
             max_message_chars: env.parse_in("MAX_MESSAGE_CHARS", 8000, 1..=1_000_000)?,
             history_max_messages: env.parse_in("HISTORY_MAX_MESSAGES", 20, 0..=10_000)?,
+            max_streams_total: env.parse_in("MAX_STREAMS_TOTAL", 20_000, 1..=1_000_000)?,
+            max_streams_per_user: env.parse_in("MAX_STREAMS_PER_USER", 10, 0..=100_000)?,
             request_timeout: Duration::from_secs(env.parse_in(
                 "REQUEST_TIMEOUT_SECS",
                 120,

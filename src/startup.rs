@@ -14,7 +14,7 @@ use crate::clients::retrieval::RetrievalClient;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::services::auth::AuthService;
-use crate::services::chat::ChatService;
+use crate::services::chat::{ChatService, ChatSettings};
 use crate::storage::{Database, PoolSettings};
 
 /// Why the server could not start; one line each.
@@ -89,8 +89,12 @@ impl Application {
             db.clone(),
             model,
             retrieval,
-            config.history_max_messages,
-            config.max_message_chars,
+            ChatSettings {
+                history_max_messages: config.history_max_messages,
+                max_message_chars: config.max_message_chars,
+                max_streams_total: config.max_streams_total,
+                max_streams_per_user: config.max_streams_per_user,
+            },
             tasks.clone(),
         );
         let addr = SocketAddr::new(config.host, config.port);

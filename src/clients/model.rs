@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -39,6 +40,20 @@ pub enum ModelError {
     #[error("upstream answer exceeded the total time limit of {0:?}")]
     TotalTimeout(Duration),
 }
+
+impl ModelError {
+    /// Worth one more try: the connection failed or the upstream had a 5xx.
+    fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport(_) => true,
+            Self::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Pause before the single retry of a failed stream opening.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Text deltas of one answer, in order. Dropping it closes the upstream connection.
 pub type TokenStream = Pin<Box<dyn Stream<Item = Result<String, ModelError>> + Send>>;
@@ -111,7 +126,11 @@ impl ModelClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
         Ok(Some(Self {
-            client: Client::with_config(openai_config).with_http_client(http),
+            // The plain reqwest service, without async-openai's built-in retry
+            // layer (3 retries, honouring long Retry-After on 429): we retry a
+            // 5xx or a failed connect once ourselves and turn a 429 into a 503.
+            client: Client::build(http.clone(), openai_config)
+                .with_http_service(ReqwestService::new(http)),
             model: config.model.clone(),
             idle_timeout: config.idle_timeout,
             total_timeout: config.total_timeout,
@@ -127,12 +146,15 @@ impl ModelClient {
             stream: true,
         };
         let started = Instant::now();
-        let chat = self.client.chat();
-        let opening = chat.create_stream_byot::<_, StreamChunk>(request);
-        let mut chunks = tokio::time::timeout(self.idle_timeout, opening)
-            .await
-            .map_err(|_| ModelError::IdleTimeout(self.idle_timeout))?
-            .map_err(map_error)?;
+        let mut chunks = match self.open_stream(&request).await {
+            // A flaky connection or a 5xx before the first token: one retry after a short pause.
+            Err(err) if err.is_retryable() => {
+                tracing::warn!(error = %err, "model call failed before streaming; retrying once");
+                tokio::time::sleep(RETRY_BACKOFF).await;
+                self.open_stream(&request).await?
+            }
+            other => other?,
+        };
         let idle_timeout = self.idle_timeout;
         let deadline = started + self.total_timeout;
         let total_timeout = self.total_timeout;
@@ -169,6 +191,18 @@ impl ModelClient {
                 }
             }
         }))
+    }
+
+    async fn open_stream(
+        &self,
+        request: &ChatRequest<'_>,
+    ) -> Result<async_openai::types::stream::StreamResponse<StreamChunk>, ModelError> {
+        let chat = self.client.chat();
+        let opening = chat.create_stream_byot::<_, StreamChunk>(request);
+        tokio::time::timeout(self.idle_timeout, opening)
+            .await
+            .map_err(|_| ModelError::IdleTimeout(self.idle_timeout))?
+            .map_err(map_error)
     }
 
     /// One non-streamed completion (summaries).

@@ -29,11 +29,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Signup body; unknown fields are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SignupRequest {
-    #[schema(example = "ada@example.com")]
+    /// Stored trimmed and lower-cased; unique regardless of case.
+    #[schema(example = "ada@example.com", format = Email, max_length = 254)]
     pub email: String,
-    #[schema(example = "Ada")]
+    #[schema(example = "Ada", max_length = 200)]
     pub name: String,
-    #[schema(example = "correct horse battery staple")]
+    /// At most 72 bytes (bcrypt's limit).
+    #[schema(
+        example = "correct horse battery staple",
+        min_length = 1,
+        max_length = 72
+    )]
     pub password: String,
 }
 
@@ -98,8 +104,10 @@ pub struct MeData {
     responses(
         (status = 201, description = "User created", body = Envelope<SessionData>),
         (status = 400, description = "User already exists", body = Envelope<ErrorData>),
+        (status = 413, description = "Request body too large", body = Envelope<ErrorData>),
         (status = 422, description = "Validation error", body = Envelope<ErrorData>),
         (status = 429, description = "Too many attempts", body = Envelope<ErrorData>),
+        (status = 503, description = "Database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
 async fn signup(
     State(state): State<AppState>,
@@ -118,8 +126,10 @@ async fn signup(
     responses(
         (status = 200, description = "User logged in", body = Envelope<SessionData>),
         (status = 401, description = "Invalid email or password", body = Envelope<ErrorData>),
+        (status = 413, description = "Request body too large", body = Envelope<ErrorData>),
         (status = 422, description = "Validation error", body = Envelope<ErrorData>),
         (status = 429, description = "Too many attempts", body = Envelope<ErrorData>),
+        (status = 503, description = "Database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
 async fn login(
     State(state): State<AppState>,
@@ -135,6 +145,7 @@ async fn login(
     responses(
         (status = 200, description = "The caller", body = Envelope<MeData>),
         (status = 401, description = "Not authenticated, invalid or expired token", body = Envelope<ErrorData>),
+        (status = 503, description = "Database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
 async fn me(AuthUser(user): AuthUser) -> Reply<MeData> {
     Reply::ok(MeData { user: user.into() })

@@ -46,16 +46,42 @@ pub fn streaming_router() -> OpenApiRouter<AppState> {
 /// Body of `/create` and `/stream`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
-    /// Integer, numeric string, or null; null/0/unknown start a new conversation.
     #[serde(default, deserialize_with = "lenient_id")]
-    #[schema(value_type = Option<i64>, example = 12)]
+    #[schema(schema_with = conversation_id_schema)]
     pub conversation_id: Option<i64>,
-    #[schema(example = "How do I reset my card PIN?")]
+    /// What the user typed: not blank, at most `MAX_MESSAGE_CHARS` characters (default 8000).
+    #[schema(
+        example = "How do I reset my card PIN?",
+        min_length = 1,
+        pattern = r"\S"
+    )]
     pub message: String,
-    /// Ignored: identity only comes from the token.
+    /// Any value; ignored: identity only comes from the token.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Value)]
     pub user_id: Option<serde_json::Value>,
+}
+
+/// `conversation_id`: what [`lenient_id`] accepts.
+fn conversation_id_schema() -> Schema {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+    OneOfBuilder::new()
+        .description(Some(
+            "Integer, numeric string, or null; null/0/unknown start a new conversation.",
+        ))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[ \t\r\n]*(null|[+-]?[0-9]{1,18})?[ \t\r\n]*$")),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .examples([json!(12), json!("12"), json!(null)])
+        .into()
 }
 
 /// The frontend sends the id as a string (`"12"`); curl scripts send a number.
@@ -64,17 +90,27 @@ fn lenient_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>,
     #[serde(untagged)]
     enum Id {
         Number(i64),
+        // JSON Schema (and pydantic) count `12.0` as an integer.
+        Float(f64),
         Text(String),
     }
+    let not_integer = || serde::de::Error::custom("conversation_id must be an integer");
     match Option::<Id>::deserialize(deserializer)? {
         None => Ok(None),
         Some(Id::Number(id)) => Ok(Some(id)),
+        Some(Id::Float(value))
+            // Strict bounds: the casts round to ±2^63, and so do neighbours past them.
+            if value.fract() == 0.0 && value > i64::MIN as f64 && value < i64::MAX as f64 =>
+        {
+            Ok(Some(value as i64))
+        }
+        Some(Id::Float(_)) => Err(not_integer()),
         Some(Id::Text(text)) if text.trim().is_empty() || text.trim() == "null" => Ok(None),
         Some(Id::Text(text)) => text
             .trim()
             .parse()
             .map(Some)
-            .map_err(|_| serde::de::Error::custom("conversation_id must be an integer")),
+            .map_err(|_| not_integer()),
     }
 }
 
@@ -90,10 +126,13 @@ impl ChatRequest {
 
 /// `?limit=&offset=` (and the frontend's ignored `user_id`).
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
     /// At most this many conversations (all when absent).
+    #[param(minimum = 0)]
     pub limit: Option<i64>,
     /// Skip this many first.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
     /// Sent by the frontend; ignored.
     #[param(value_type = Option<String>)]
@@ -202,9 +241,11 @@ impl ToSchema for StreamEvent {
         (status = 400, description = "Conversation is deleted", body = Envelope<ErrorData>),
         (status = 401, description = "Token expired", body = Envelope<ErrorData>),
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
+        (status = 413, description = "Request body too large", body = Envelope<ErrorData>),
         (status = 422, description = "Validation error", body = Envelope<ErrorData>),
+        (status = 429, description = "Too many chat turns", body = Envelope<ErrorData>),
         (status = 502, description = "Upstream model error", body = Envelope<ErrorData>),
-        (status = 503, description = "Model not configured", body = Envelope<ErrorData>),
+        (status = 503, description = "Model not configured, database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
 async fn create(
     State(state): State<AppState>,
@@ -229,9 +270,11 @@ async fn create(
         (status = 400, description = "Conversation is deleted", body = Envelope<ErrorData>),
         (status = 401, description = "Token expired", body = Envelope<ErrorData>),
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
+        (status = 413, description = "Request body too large", body = Envelope<ErrorData>),
         (status = 422, description = "Validation error", body = Envelope<ErrorData>),
+        (status = 429, description = "Too many chat turns", body = Envelope<ErrorData>),
         (status = 502, description = "Upstream model error", body = Envelope<ErrorData>),
-        (status = 503, description = "Model not configured", body = Envelope<ErrorData>),
+        (status = 503, description = "Model not configured or database unavailable", body = Envelope<ErrorData>),
     ))]
 async fn stream(
     State(state): State<AppState>,
@@ -270,7 +313,7 @@ fn sse_event(event: ReplyEvent) -> Event {
 
 /// A conversation's history.
 #[utoipa::path(get, path = "/api/chat/messages/{id}", tag = "chat",
-    params(("id" = i64, Path, description = "Conversation id")),
+    params(("id" = i64, Path, description = "Conversation id", example = 1)),
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "History", body = Envelope<ConversationView>),
@@ -279,6 +322,7 @@ fn sse_event(event: ReplyEvent) -> Event {
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
         (status = 404, description = "Conversation not found", body = Envelope<ErrorData>),
         (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
+        (status = 503, description = "Database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
 async fn messages(
     State(state): State<AppState>,
@@ -294,8 +338,9 @@ async fn messages(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Conversations", body = Envelope<ConversationList>),
-        (status = 401, description = "Not authenticated", body = Envelope<ErrorData>),
+        (status = 401, description = "Not authenticated, invalid or expired token", body = Envelope<ErrorData>),
         (status = 422, description = "Bad paging values", body = Envelope<ErrorData>),
+        (status = 503, description = "Database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
 async fn conversations(
     State(state): State<AppState>,
@@ -321,7 +366,7 @@ async fn conversations(
 
 /// Soft-delete a conversation.
 #[utoipa::path(post, path = "/api/chat/delete/{id}", tag = "chat",
-    params(("id" = i64, Path, description = "Conversation id")),
+    params(("id" = i64, Path, description = "Conversation id", example = 1)),
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Conversation deleted", body = Envelope<MessageData>),
@@ -330,6 +375,7 @@ async fn conversations(
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
         (status = 404, description = "Conversation not found", body = Envelope<ErrorData>),
         (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
+        (status = 503, description = "Database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
 async fn delete(
     State(state): State<AppState>,
@@ -344,7 +390,7 @@ async fn delete(
 
 /// Summarize a conversation (key points and next steps, about 120 words).
 #[utoipa::path(post, path = "/api/chat/summarize/{id}", tag = "chat",
-    params(("id" = i64, Path, description = "Conversation id")),
+    params(("id" = i64, Path, description = "Conversation id", example = 1)),
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Summary", body = Envelope<SummaryData>),
@@ -354,7 +400,7 @@ async fn delete(
         (status = 404, description = "Conversation not found", body = Envelope<ErrorData>),
         (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
         (status = 502, description = "Upstream model error", body = Envelope<ErrorData>),
-        (status = 503, description = "Model not configured", body = Envelope<ErrorData>),
+        (status = 503, description = "Model not configured, database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
 async fn summarize(
     State(state): State<AppState>,
@@ -363,4 +409,56 @@ async fn summarize(
 ) -> Result<Reply<SummaryData>, AppError> {
     let summary = state.chat.summarize(caller, id).await?;
     Ok(Reply::ok(SummaryData { summary }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChatRequest;
+
+    fn id(body: &str) -> Result<Option<i64>, String> {
+        serde_json::from_str::<ChatRequest>(body)
+            .map(|request| request.conversation_id)
+            .map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn conversation_id_accepts_what_the_schema_documents() {
+        let cases = [
+            (r#"{"message":"hi"}"#, Some(None)),
+            (r#"{"message":"hi","conversation_id":null}"#, Some(None)),
+            (r#"{"message":"hi","conversation_id":12}"#, Some(Some(12))),
+            (r#"{"message":"hi","conversation_id":"12"}"#, Some(Some(12))),
+            (
+                r#"{"message":"hi","conversation_id":" 12 "}"#,
+                Some(Some(12)),
+            ),
+            (r#"{"message":"hi","conversation_id":"null"}"#, Some(None)),
+            (r#"{"message":"hi","conversation_id":""}"#, Some(None)),
+            // JSON Schema's `integer` includes 12.0.
+            (r#"{"message":"hi","conversation_id":12.0}"#, Some(Some(12))),
+            (
+                r#"{"message":"hi","conversation_id":-3e2}"#,
+                Some(Some(-300)),
+            ),
+            (r#"{"message":"hi","conversation_id":12.5}"#, None),
+            (r#"{"message":"hi","conversation_id":"12.0"}"#, None),
+            (r#"{"message":"hi","conversation_id":"abc"}"#, None),
+            (r#"{"message":"hi","conversation_id":true}"#, None),
+            (
+                r#"{"message":"hi","conversation_id":9223372036854775808}"#,
+                None,
+            ),
+            (
+                r#"{"message":"hi","conversation_id":-9223372036854775809}"#,
+                None,
+            ),
+            (r#"{"message":"hi","conversation_id":1e300}"#, None),
+        ];
+        for (body, expected) in cases {
+            match expected {
+                Some(value) => assert_eq!(id(body), Ok(value), "{body}"),
+                None => assert!(id(body).is_err(), "{body} should be rejected"),
+            }
+        }
+    }
 }

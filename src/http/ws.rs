@@ -26,6 +26,7 @@ const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
 
 /// `?token=` for browsers, which cannot set headers on a WebSocket.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SocketParams {
     /// JWT, as an alternative to the `Authorization` header.
     pub token: Option<String>,

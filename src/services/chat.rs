@@ -19,6 +19,7 @@ use crate::clients::retrieval::RetrievalClient;
 use crate::error::AppError;
 use crate::services::guardrails::{self, Verdict};
 use crate::services::prompt;
+use crate::services::stream_limits::{StreamLimits, StreamSlot};
 use crate::storage::Database;
 use crate::storage::conversations::{self, ConversationRecord};
 use crate::storage::messages::{self, MessageRecord, NewMessage, Role};
@@ -196,10 +197,19 @@ pub struct ChatService {
     db: Database,
     model: Option<ModelClient>,
     retrieval: Option<RetrievalClient>,
-    history_max_messages: usize,
-    max_message_chars: usize,
+    settings: ChatSettings,
+    limits: StreamLimits,
     /// Stores of partial answers outlive their stream; shutdown waits for them.
     tasks: TaskTracker,
+}
+
+/// Limits of the chat pipeline, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatSettings {
+    pub history_max_messages: usize,
+    pub max_message_chars: usize,
+    pub max_streams_total: usize,
+    pub max_streams_per_user: usize,
 }
 
 impl ChatService {
@@ -207,16 +217,15 @@ impl ChatService {
         db: Database,
         model: Option<ModelClient>,
         retrieval: Option<RetrievalClient>,
-        history_max_messages: usize,
-        max_message_chars: usize,
+        settings: ChatSettings,
         tasks: TaskTracker,
     ) -> Self {
         Self {
             db,
             model,
             retrieval,
-            history_max_messages,
-            max_message_chars,
+            limits: StreamLimits::new(settings.max_streams_total, settings.max_streams_per_user),
+            settings,
             tasks,
         }
     }
@@ -235,12 +244,12 @@ impl ChatService {
                 "message must not contain NUL characters",
             ));
         }
-        if message.chars().count() > self.max_message_chars {
+        if message.chars().count() > self.settings.max_message_chars {
             return Err(AppError::invalid(
                 &["body", "message"],
                 format!(
                     "message must be at most {} characters",
-                    self.max_message_chars
+                    self.settings.max_message_chars
                 ),
             ));
         }
@@ -251,6 +260,8 @@ impl ChatService {
     pub async fn start_turn(&self, request: TurnRequest) -> Result<TurnOutcome, AppError> {
         let model = self.model.as_ref().ok_or(AppError::ModelNotConfigured)?;
         let message = self.validate_message(&request.message)?;
+        // Held until the answer ends (or the turn fails before streaming).
+        let slot = self.limits.acquire(request.caller)?;
         let conversation = self
             .resolve_for_turn(request.caller, request.conversation_id)
             .await?;
@@ -282,14 +293,14 @@ impl ChatService {
             user_message: Some(&redacted),
         };
         messages::insert(&self.db, user_message, Some(&prompt::short_name(&redacted))).await?;
-        let prompt_messages = prompt::assemble(&history, turn, self.history_max_messages);
+        let prompt_messages = prompt::assemble(&history, turn, self.settings.history_max_messages);
         let tokens = model
             .stream_chat(&prompt_messages)
             .await
             .map_err(|err| upstream_error(conversation_id, err))?;
         Ok(TurnOutcome::Streaming(ReplyStream {
             conversation_id,
-            events: Box::pin(self.clone().reply_events(conversation_id, tokens)),
+            events: Box::pin(self.clone().reply_events(conversation_id, tokens, slot)),
         }))
     }
 
@@ -297,8 +308,10 @@ impl ChatService {
         self,
         conversation_id: i64,
         mut tokens: TokenStream,
+        slot: StreamSlot,
     ) -> impl Stream<Item = ReplyEvent> + Send {
         async_stream::stream! {
+            let _slot = slot;
             let mut answer = PartialAnswer {
                 db: self.db.clone(),
                 tasks: self.tasks.clone(),

@@ -4,3 +4,4 @@ pub mod auth;
 pub mod chat;
 pub mod guardrails;
 pub mod prompt;
+pub mod stream_limits;

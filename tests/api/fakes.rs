@@ -31,6 +31,12 @@ pub enum Behaviour {
     HangAfter { tokens: Vec<String> },
     /// Stream the words of the question of the current turn back, one per chunk.
     EchoQuestion,
+    /// Answer the next `failures` requests with `status`, then stream `tokens`.
+    FailThen {
+        failures: usize,
+        status: u16,
+        tokens: Vec<String>,
+    },
 }
 
 #[derive(Default)]
@@ -40,6 +46,7 @@ struct OpenAiState {
     /// Streams whose body was dropped before it finished (client went away).
     closed_early: AtomicUsize,
     closed_notify: Notify,
+    failures_served: AtomicUsize,
 }
 
 /// A fake OpenAI-compatible server.
@@ -158,6 +165,16 @@ async fn completions(
         Behaviour::DropAfter { tokens } => (tokens, Duration::ZERO, Ending::Drop),
         Behaviour::HangAfter { tokens } => (tokens, Duration::ZERO, Ending::Hang),
         Behaviour::EchoQuestion => (echo_tokens(&request), Duration::ZERO, Ending::Done),
+        Behaviour::FailThen {
+            failures,
+            status,
+            tokens,
+        } => {
+            if state.failures_served.fetch_add(1, Ordering::SeqCst) < failures {
+                return error_response(status);
+            }
+            (tokens, Duration::ZERO, Ending::Done)
+        }
     };
     if !streaming {
         let body = json!({

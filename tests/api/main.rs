@@ -8,5 +8,6 @@ mod basics;
 mod chat;
 mod conversations;
 mod fault;
+mod hardening;
 mod storage;
 mod streaming;
