@@ -5,6 +5,7 @@ mod helpers;
 
 mod auth;
 mod basics;
+mod battery;
 mod chat;
 mod conversations;
 mod fault;
