@@ -253,3 +253,72 @@ async fn secrets_never_reach_the_logs() {
         assert!(!printed.contains(&secret), "the log contains {secret:?}");
     }
 }
+
+#[tokio::test]
+async fn oversized_websocket_frames_are_refused_without_a_turn() {
+    let app = spawn_app().await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(app.ws_url("0", None))
+        .await
+        .expect("connect");
+    let huge = format!("{{\"message\": \"{}\"}}", "x".repeat(100 * 1024));
+    // The server may cut the connection while we are still sending.
+    let _ = futures::SinkExt::send(
+        &mut socket,
+        tokio_tungstenite::tungstenite::Message::Text(huge.into()),
+    )
+    .await;
+    let mut texts = Vec::new();
+    while let Some(Ok(message)) = socket.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            texts.push(text.to_string());
+        }
+    }
+    assert!(
+        texts.iter().all(|text| !text.contains("\"done\"")),
+        "{texts:?}"
+    );
+    assert_eq!(app.openai.request_count(), 0);
+    assert_eq!(app.count_rows("conversations").await, 0);
+}
+
+#[tokio::test]
+async fn security_headers_are_on_every_response() {
+    let app = spawn_app().await;
+    for path in ["/health", "/api/nope", "/api/auth/me", "/openapi.json"] {
+        let answer = app.get(path, None).await;
+        assert_eq!(
+            answer.headers["x-content-type-options"], "nosniff",
+            "{path}"
+        );
+        assert_eq!(answer.headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(answer.headers["referrer-policy"], "no-referrer", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn wildcard_cors_never_allows_credentials() {
+    let app = spawn_app().await;
+    let preflight = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/chat/create", app.address),
+        )
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+}
