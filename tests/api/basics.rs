@@ -184,3 +184,29 @@ async fn chat_turns_are_rate_limited_per_user() {
         .await
         .expect(200);
 }
+
+#[tokio::test]
+async fn forwarded_for_is_ignored_unless_trusted() {
+    let login = json!({"email": "nobody@example.com", "password": "wrong"});
+    let attempt = |app: &crate::helpers::TestApp, forwarded: &'static str| {
+        let request = app
+            .client
+            .post(format!("{}/api/auth/login", app.address))
+            .header("x-forwarded-for", forwarded)
+            .json(&login);
+        async move { request.send().await.expect("send").status().as_u16() }
+    };
+    // Untrusted: a forged header does not buy a fresh budget.
+    let app = crate::helpers::spawn_app_with(&[("RATE_LIMIT_AUTH_PER_MINUTE", "1")]).await;
+    assert_eq!(attempt(&app, "203.0.113.1").await, 401);
+    assert_eq!(attempt(&app, "203.0.113.2").await, 429);
+    // Trusted proxy: the last hop it appended is the client.
+    let app = crate::helpers::spawn_app_with(&[
+        ("RATE_LIMIT_AUTH_PER_MINUTE", "1"),
+        ("TRUST_FORWARDED_FOR", "true"),
+    ])
+    .await;
+    assert_eq!(attempt(&app, "198.51.100.7, 203.0.113.1").await, 401);
+    assert_eq!(attempt(&app, "198.51.100.7, 203.0.113.2").await, 401);
+    assert_eq!(attempt(&app, "10.9.9.9, 203.0.113.2").await, 429);
+}

@@ -667,3 +667,31 @@ async fn measure_time_to_first_delta() {
         );
     }
 }
+
+#[tokio::test]
+async fn shutdown_closes_open_websockets_with_their_partial_text_stored() {
+    let mut app = spawn_app().await;
+    app.openai.behave(slow(500, 20));
+    let (mut socket, _) = tokio_tungstenite::connect_async(app.ws_url("0", None))
+        .await
+        .expect("connect");
+    socket
+        .send(Message::Text(r#"{"message":"long"}"#.into()))
+        .await
+        .expect("send");
+    let first = socket.next().await.expect("frame").expect("ok");
+    assert!(first.is_text());
+    app.stop().await;
+    let mut last_text = String::new();
+    while let Some(Ok(message)) = socket.next().await {
+        if let Message::Text(text) = message {
+            last_text = text.to_string();
+        }
+    }
+    let error: Value = serde_json::from_str(&last_text).expect("error frame");
+    assert_eq!(error["event"], "error");
+    let stored = app.stored_messages(1).await;
+    let (role, answer, _) = stored.last().expect("rows");
+    assert_eq!(role, "assistant");
+    assert!(answer.starts_with(" t0"), "{answer}");
+}
