@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
@@ -128,16 +128,23 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Path(value)| ApiPath(value))
-            .map_err(|rejection: PathRejection| {
-                AppError::Validation(vec![FieldError::new(
-                    &["path", "id"],
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => {
+                // Name the route's own parameter (`id`, `conversation_id`).
+                let name = RawPathParams::from_request_parts(parts, state)
+                    .await
+                    .ok()
+                    .and_then(|params| params.iter().next().map(|(key, _)| key.to_string()))
+                    .unwrap_or_else(|| "id".to_string());
+                let rejection: PathRejection = rejection;
+                Err(AppError::Validation(vec![FieldError::new(
+                    &["path", &name],
                     rejection.body_text(),
                     "int_parsing",
-                )])
-            })
+                )]))
+            }
+        }
     }
 }
 

@@ -24,6 +24,9 @@ use crate::services::chat::{Failure, ReplyEvent, TurnOutcome, TurnRequest};
 /// Largest frame a client may send (one question).
 const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
 
+/// Read buffer of each socket (see `chat_socket`).
+const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// `?token=` for browsers, which cannot set headers on a WebSocket.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -41,7 +44,10 @@ pub struct SocketParams {
     params(("conversation_id" = i64, Path, description = "Conversation id, 0 for a new one"), SocketParams),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade request", body = Envelope<ErrorData>),
         (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
+        (status = 426, description = "The connection cannot be upgraded", body = Envelope<ErrorData>),
+        (status = 429, description = "Too many chat turns", body = Envelope<ErrorData>),
     ))]
 pub async fn chat_socket(
     State(state): State<AppState>,
@@ -55,6 +61,10 @@ pub async fn chat_socket(
     upgrade
         .max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
+        // tungstenite zero-fills its whole read buffer (128 KiB by default) on
+        // every read, making it resident for each open socket; clients send
+        // one small question, and a larger frame still gets room for its length.
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         // Tracked so shutdown waits for the session to store its partial answer.
         .on_upgrade(move |socket| {
             tasks.track_future(async move {

@@ -695,3 +695,16 @@ async fn shutdown_closes_open_websockets_with_their_partial_text_stored() {
     assert_eq!(role, "assistant");
     assert!(answer.starts_with(" t0"), "{answer}");
 }
+
+#[tokio::test]
+async fn ws_path_errors_name_the_parameter() {
+    let app = spawn_app().await;
+    let answer = app.get("/api/chat/ws/abc", None).await;
+    let errors = &answer.expect(422)["errors"];
+    assert_eq!(errors[0]["loc"], json!(["path", "conversation_id"]));
+    let answer = app.get("/api/chat/messages/abc", None).await;
+    assert_eq!(
+        answer.expect(422)["errors"][0]["loc"],
+        json!(["path", "id"])
+    );
+}
