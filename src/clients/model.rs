@@ -159,19 +159,28 @@ impl ModelClient {
         let deadline = started + self.total_timeout;
         let total_timeout = self.total_timeout;
         Ok(Box::pin(async_stream::stream! {
+            // One timer per answer, pushed forward on each chunk (an atomic
+            // update) rather than a fresh timeout per chunk, which would
+            // register with and leave the timer wheel for every token.
+            let silence = tokio::time::sleep_until((Instant::now() + idle_timeout).min(deadline));
+            tokio::pin!(silence);
             loop {
-                let wait_until = (Instant::now() + idle_timeout).min(deadline);
-                let next = match tokio::time::timeout_at(wait_until, chunks.next()).await {
-                    Ok(next) => next,
-                    Err(_) if Instant::now() >= deadline => {
-                        yield Err(ModelError::TotalTimeout(total_timeout));
-                        break;
-                    }
-                    Err(_) => {
-                        yield Err(ModelError::IdleTimeout(idle_timeout));
-                        break;
-                    }
+                let next = tokio::select! {
+                    biased;
+                    next = chunks.next() => Some(next),
+                    () = &mut silence => None,
                 };
+                let Some(next) = next else {
+                    if Instant::now() >= deadline {
+                        yield Err(ModelError::TotalTimeout(total_timeout));
+                    } else {
+                        yield Err(ModelError::IdleTimeout(idle_timeout));
+                    }
+                    break;
+                };
+                silence
+                    .as_mut()
+                    .reset((Instant::now() + idle_timeout).min(deadline));
                 match next {
                     None => break,
                     Some(Err(err)) => {

@@ -300,7 +300,16 @@ async fn stream(
 
 fn sse_event(event: ReplyEvent) -> Event {
     match event {
-        ReplyEvent::Delta(text) => Event::default().data(json!({ "delta": text }).to_string()),
+        ReplyEvent::Delta(text) => {
+            // Serialized straight from a struct: no intermediate JSON map per token.
+            #[derive(Serialize)]
+            struct Delta<'a> {
+                delta: &'a str,
+            }
+            let data = serde_json::to_string(&Delta { delta: &text })
+                .unwrap_or_else(|_| json!({ "delta": text }).to_string());
+            Event::default().data(data)
+        }
         ReplyEvent::Done(view) => Event::default().event("done").data(
             json!({ "conversation_id": view.conversation_id, "messages": view.messages })
                 .to_string(),

@@ -166,10 +166,14 @@ impl ReplyStream {
     ) -> impl Stream<Item = ReplyEvent> + Send {
         async_stream::stream! {
             let mut replies = self;
+            // Registered once: a fresh `cancelled()` per event would lock the
+            // token shared by every open stream twice per token.
+            let cancelled = shutdown.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => {
+                    () = &mut cancelled => {
                         yield ReplyEvent::Failed(Failure::Shutdown);
                         break;
                     }
@@ -280,24 +284,34 @@ impl ChatService {
             }
             Verdict::Allow { redacted } => redacted,
         };
-        let history = messages::list(&self.db, conversation_id).await?;
-        let passages = match &self.retrieval {
-            Some(retrieval) => retrieval.search(&redacted).await,
-            None => Vec::new(),
+        // The history read and the search are independent: run them together.
+        let search = async {
+            match &self.retrieval {
+                Some(retrieval) => retrieval.search(&redacted).await,
+                None => Vec::new(),
+            }
         };
+        let (history, passages) = tokio::join!(messages::list(&self.db, conversation_id), search);
+        let history = history?;
         let turn = prompt::user_turn(&redacted, &prompt::context_block(&passages));
+        let prompt_messages =
+            prompt::assemble(&history, turn.clone(), self.settings.history_max_messages);
         let user_message = NewMessage {
             conversation_id,
             role: Role::User,
             content: &turn,
             user_message: Some(&redacted),
         };
-        messages::insert(&self.db, user_message, Some(&prompt::short_name(&redacted))).await?;
-        let prompt_messages = prompt::assemble(&history, turn, self.settings.history_max_messages);
-        let tokens = model
-            .stream_chat(&prompt_messages)
-            .await
-            .map_err(|err| upstream_error(conversation_id, err))?;
+        let short_name = prompt::short_name(&redacted);
+        // Store the question while the model request goes out (neither needs
+        // the other); both are awaited, so a failed model call still leaves the
+        // question stored, and a failed store drops (cancels) the model stream.
+        let (stored, tokens) = tokio::join!(
+            messages::insert(&self.db, user_message, Some(&short_name)),
+            model.stream_chat(&prompt_messages)
+        );
+        stored?;
+        let tokens = tokens.map_err(|err| upstream_error(conversation_id, err))?;
         Ok(TurnOutcome::Streaming(ReplyStream {
             conversation_id,
             events: Box::pin(self.clone().reply_events(conversation_id, tokens, slot)),

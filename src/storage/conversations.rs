@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, on_pool};
+use super::{Database, on_pool, write_gate};
 
 /// A stored conversation.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -24,6 +24,7 @@ pub async fn create(
     system_prompt: &str,
 ) -> Result<ConversationRecord, sqlx::Error> {
     let now = Utc::now();
+    let _gate = write_gate(db).await;
     on_pool!(db, pool => {
         let mut tx = pool.begin().await?;
         let conversation = sqlx::query_as::<_, ConversationRecord>(
@@ -95,6 +96,7 @@ pub async fn list_for_user(
 /// Marks a conversation deleted; false when it already was (or does not exist).
 pub async fn soft_delete(db: &Database, id: i64) -> Result<bool, sqlx::Error> {
     let now = Utc::now();
+    let _gate = write_gate(db).await;
     let affected = on_pool!(db, pool => {
         sqlx::query(
             "UPDATE conversations SET is_deleted = $1, updated_at = $2 WHERE id = $3 AND is_deleted = $4",

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, on_pool};
+use super::{Database, on_pool, write_gate};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +40,7 @@ pub struct MessageRecord {
     pub id: i64,
     pub conversation_id: i64,
     pub role: Role,
+    /// Empty for `user` rows read by [`list`] (see there).
     pub content: String,
     pub user_message: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -91,6 +92,7 @@ pub async fn insert(
     short_name: Option<&str>,
 ) -> Result<i64, sqlx::Error> {
     let now = Utc::now();
+    let _gate = write_gate(db).await;
     on_pool!(db, pool => {
         let mut tx = pool.begin().await?;
         let (id,): (i64,) = sqlx::query_as(
@@ -118,10 +120,17 @@ pub async fn insert(
 }
 
 /// Every message of a conversation, in creation order.
+///
+/// `user` rows come back with an empty `content`: what was sent upstream for
+/// them (the question plus its whole context block, kilobytes per turn) is
+/// stored for the record but never read back; clients and later prompts use
+/// `user_message`. Skipping it keeps history reads from growing by a context
+/// block per turn.
 pub async fn list(db: &Database, conversation_id: i64) -> Result<Vec<MessageRecord>, sqlx::Error> {
     let rows = on_pool!(db, pool => {
         sqlx::query_as::<_, MessageRow>(
-            "SELECT id, conversation_id, role, content, user_message, created_at \
+            "SELECT id, conversation_id, role, \
+             CASE WHEN role = 'user' THEN '' ELSE content END AS content, user_message, created_at \
              FROM messages WHERE conversation_id = $1 ORDER BY id",
         )
         .bind(conversation_id)

@@ -9,7 +9,10 @@ pub mod conversations;
 pub mod messages;
 pub mod users;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -36,6 +39,33 @@ macro_rules! on_pool {
     };
 }
 pub(crate) use on_pool;
+
+/// Held while writing to SQLite; `None` on PostgreSQL.
+pub(crate) type WriteGuard = Option<tokio::sync::OwnedMutexGuard<()>>;
+
+/// Waits for this process's turn to write to the SQLite file (PostgreSQL: no wait).
+///
+/// SQLite has one writer at a time. A second writer gets `SQLITE_BUSY` and
+/// retries inside SQLite's busy handler, which sleeps (1, 2, 5, 10, … 100 ms)
+/// while holding its pool connection: under concurrent turns that means
+/// stalls of tens of milliseconds and, at worst, an exhausted pool. Queuing
+/// here instead wakes each writer as soon as the previous one commits, and
+/// holds no connection while waiting. One gate per database file.
+pub(crate) async fn write_gate(db: &Database) -> WriteGuard {
+    static GATES: LazyLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Mutex::default);
+    let Database::Sqlite(pool) = db else {
+        return None;
+    };
+    let file = pool.connect_options().get_filename().to_path_buf();
+    let gate = GATES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(file)
+        .or_default()
+        .clone();
+    Some(gate.lock_owned().await)
+}
 
 /// Pool settings read from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +113,10 @@ impl Database {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(settings.max_connections.min(16))
                     .acquire_timeout(settings.acquire_timeout)
+                    // A SQLite connection is a local file handle: the default
+                    // ping before every acquire only doubles the round trips to
+                    // the connection's worker thread.
+                    .test_before_acquire(false)
                     .connect_with(options)
                     .await?;
                 Ok(Self::Sqlite(pool))
@@ -96,6 +130,7 @@ impl Database {
                     .idle_timeout(None)
                     .max_lifetime(None)
                     .acquire_timeout(settings.acquire_timeout)
+                    .test_before_acquire(false)
                     .connect_with(options)
                     .await?;
                 Ok(Self::Sqlite(pool))

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, on_pool};
+use super::{Database, on_pool, write_gate};
 
 /// A stored user, password hash included (never serialised to clients).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -31,6 +31,7 @@ pub async fn insert(
     password_hash: &str,
 ) -> Result<InsertOutcome, sqlx::Error> {
     let now = Utc::now();
+    let _gate = write_gate(db).await;
     let result = on_pool!(db, pool => {
         sqlx::query_as::<_, UserRecord>(
             "INSERT INTO users (email, name, password_hash, created_at) VALUES ($1, $2, $3, $4) \

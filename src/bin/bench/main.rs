@@ -1,0 +1,359 @@
+//! `bench`: the benchmark harness behind `BENCHMARKS.md`.
+//!
+//! Starts the release server binary (`eloquent`, next to this one) as its
+//! own process on a fresh SQLite database, a fake OpenAI + Pinecone upstream
+//! and a load generator (both inside this process), all on loopback; runs
+//! the sections; prints the markdown tables and writes `BENCHMARKS.md`.
+//!
+//! ```sh
+//! cargo build --release --bins && cargo run --release --bin bench
+//! ```
+
+mod fake;
+mod load;
+mod report;
+mod sections;
+mod server;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::report::Results;
+use crate::sections::{Bench, Transport};
+use crate::server::Server;
+
+const USAGE: &str = "\
+usage: cargo run --release --bin bench -- [options]
+
+  --quick              short smoke run (under a minute); prints, writes no file unless --out
+  --sections LIST      comma-separated sections to run, e.g. 1,3 (default: all of 1-5; 6 always)
+                         1 request rates   2 added time to first delta   3 concurrent streams
+                         4 login flood     5 prompt cost                 6 memory
+  --streams LIST       stream counts for section 3 at 100 ms/token (default 5000,10000)
+  --tokens N           tokens per answer in section 3 (default 100)
+  --env NAME=VALUE     extra server environment (repeatable), e.g. --env DB_POOL_SIZE=4
+  --upstream h2|http1  how the server reaches the fake upstream: TLS with HTTP/2 (default, as
+                         api.openai.com) or plain HTTP/1.1 (as a local vLLM/Ollama; one
+                         connection per stream, so at most ~9,900 streams under a 20,000
+                         open-files limit)
+  --out PATH           where to write the markdown (default: BENCHMARKS.md in the crate
+                         root for a full run of all sections)
+  --no-write           print only
+";
+
+struct Options {
+    quick: bool,
+    sections: BTreeSet<u8>,
+    streams: Vec<usize>,
+    tokens: usize,
+    server_env: Vec<(String, String)>,
+    upstream_h2: bool,
+    out: Option<PathBuf>,
+    no_write: bool,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        quick: false,
+        sections: (1..=6).collect(),
+        streams: vec![5000, 10_000],
+        tokens: 100,
+        server_env: Vec::new(),
+        upstream_h2: true,
+        out: None,
+        no_write: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--no-write" => options.no_write = true,
+            "--sections" => {
+                let list = value("--sections")?;
+                options.sections = list
+                    .split(',')
+                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=6).contains(n)))
+                    .collect::<Option<_>>()
+                    .ok_or(format!("--sections: bad list {list:?}"))?;
+                options.sections.insert(6);
+            }
+            "--streams" => {
+                let list = value("--streams")?;
+                options.streams = list
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>().ok().filter(|n| *n > 0))
+                    .collect::<Option<_>>()
+                    .ok_or(format!("--streams: bad list {list:?}"))?;
+            }
+            "--tokens" => {
+                options.tokens = value("--tokens")?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--tokens: expected a positive number")?;
+            }
+            "--env" => {
+                let pair = value("--env")?;
+                let (name, value) = pair
+                    .split_once('=')
+                    .ok_or(format!("--env: expected NAME=VALUE, got {pair:?}"))?;
+                options
+                    .server_env
+                    .push((name.to_string(), value.to_string()));
+            }
+            "--upstream" => match value("--upstream")?.as_str() {
+                "h2" => options.upstream_h2 = true,
+                "http1" => options.upstream_h2 = false,
+                other => return Err(format!("--upstream: {other:?} is not h2 or http1")),
+            },
+            "--out" => options.out = Some(PathBuf::from(value("--out")?)),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = match parse_args() {
+        Ok(options) => options,
+        Err(err) => {
+            if !err.is_empty() {
+                eprintln!("{err}\n");
+            }
+            eprint!("{USAGE}");
+            return if err.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    match run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: Options) -> Result<(), String> {
+    if cfg!(debug_assertions) {
+        return Err(
+            "this is a debug build: run `cargo build --release --bins && cargo run --release --bin bench`"
+                .into(),
+        );
+    }
+    let started = Instant::now();
+    let binary = server::server_binary()?;
+    let stale = server::stale_sources(&binary);
+    if !stale.is_empty() {
+        eprintln!(
+            "warning: {} is older than {} source file(s) (e.g. {}): run `cargo build --release --bins` first",
+            binary.display(),
+            stale.len(),
+            stale[0].display()
+        );
+    }
+    // The server inherits this limit: 10,000 streams need 20,000+ descriptors in all.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|err| format!("raising the open-files limit: {err}"))?;
+    println!("open-files limit: {nofile}");
+
+    let fake = fake::Fake::start().await?;
+    let dir = std::env::temp_dir().join(format!("eloquent-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|err| format!("temp dir: {err}"))?;
+    let ca_path = dir.join("fake-ca.pem");
+    std::fs::write(&ca_path, &fake.ca_pem).map_err(|err| format!("write CA: {err}"))?;
+    let (upstream, upstream_name) = if options.upstream_h2 {
+        (
+            format!("https://{}", fake.tls_addr),
+            "TLS 1.3 + HTTP/2 via ALPN, as api.openai.com and Pinecone are reached; the server's HTTP clients multiplex every request on one connection each",
+        )
+    } else {
+        (
+            format!("http://{}", fake.plain_addr),
+            "plain HTTP/1.1, as a local vLLM or Ollama; one connection per concurrent stream",
+        )
+    };
+    let env: Vec<(String, String)> = [
+        (
+            "DATABASE_URL",
+            format!("sqlite:///{}", dir.join("bench.db").display()),
+        ),
+        ("OPENAI_API_KEY", "sk-bench-not-a-real-key".into()),
+        ("OPENAI_BASE_URL", format!("{upstream}/v1")),
+        ("OPENAI_MODEL", "gpt-4o".into()),
+        ("PINECONE_API_KEY", "pc-bench-key".into()),
+        ("PINECONE_HOST", upstream.clone()),
+        (
+            "JWT_SECRET",
+            "bench-secret-0123456789abcdef0123456789abcdef".into(),
+        ),
+        ("RATE_LIMIT_AUTH_PER_MINUTE", "0".into()),
+        ("RATE_LIMIT_CHAT_PER_MINUTE", "0".into()),
+        // A few users carry the whole load; the total cap stays at its default.
+        ("MAX_STREAMS_PER_USER", "0".into()),
+        // The fake's CA, through the standard variable the TLS verifier reads.
+        ("SSL_CERT_FILE", ca_path.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value))
+    .chain(options.server_env.iter().cloned())
+    .collect();
+    let server = Server::start(&binary, &dir, &env).await?;
+    println!(
+        "server pid {} on {} (log {}), upstream {upstream}",
+        server.pid,
+        server.addr,
+        server.log.display()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut results = Results {
+        quick: options.quick,
+        upstream: upstream_name.to_string(),
+        command: "cargo build --release --bins && cargo run --release --bin bench".into(),
+        ..Results::default()
+    };
+    if !options.server_env.is_empty() {
+        results.notes.push(format!(
+            "Extra server environment: {}.",
+            options
+                .server_env
+                .iter()
+                .map(|(name, value)| format!("`{name}={value}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    results.memory.startup_kib = server.stats().rss_kib;
+    println!("idle RSS after startup: {} KiB", results.memory.startup_kib);
+
+    println!("seeding users and conversations...");
+    let bench = Arc::new(Bench::seed(fake, server, options.quick).await?);
+    println!("warming up...");
+    bench.warm_up().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    results.memory.warm_kib = bench.server.stats().rss_kib;
+    println!("RSS after warm-up: {} KiB", results.memory.warm_kib);
+
+    let sections = &options.sections;
+    if sections.contains(&1) {
+        println!("section 1: request rates");
+        results.rates = bench.http_rates().await;
+    }
+    if sections.contains(&5) {
+        println!("section 5: prompt cost");
+        results.prompts = bench.prompt_cost().await?;
+    }
+    if sections.contains(&2) {
+        println!("section 2: added time to first delta");
+        for concurrency in [1, 200] {
+            for transport in [Transport::Sse, Transport::WebSocket] {
+                let result = bench.ttft(transport, concurrency).await;
+                println!(
+                    "  {} × {concurrency}: added p50 {} µs, p99 {} µs ({} turns, {} errors)",
+                    transport.name(),
+                    result.added.value_at_quantile(0.5),
+                    result.added.value_at_quantile(0.99),
+                    result.added.len(),
+                    result.errors.len()
+                );
+                if let Some(first) = result.errors.first() {
+                    results.notes.push(format!(
+                        "section 2, {} × {concurrency}: {} errors, first: {first}",
+                        transport.name(),
+                        result.errors.len()
+                    ));
+                }
+                results.ttft.push(result);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    if sections.contains(&4) {
+        println!("section 4: login flood");
+        let flood = bench.login_flood().await;
+        println!(
+            "  {:.1} logins/s, /health p99 {} µs",
+            flood.logins.per_second(),
+            flood.health.value_at_quantile(0.99)
+        );
+        results.login = Some(flood);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if sections.contains(&3) {
+        println!("section 3: concurrent streams");
+        let mut runs = vec![(1000, Duration::from_millis(20))];
+        if !options.quick {
+            runs.extend(
+                options
+                    .streams
+                    .iter()
+                    .map(|&n| (n, Duration::from_millis(100))),
+            );
+        }
+        for (streams, delay) in runs {
+            for transport in [Transport::WebSocket, Transport::Sse] {
+                let run = bench
+                    .concurrent_streams(transport, streams, options.tokens, delay)
+                    .await;
+                println!(
+                    "  {} × {streams} at {delay:?}/token: {} completed, {} failed, p99 {} ms, peak RSS {} MiB, {:.1} µs CPU/token",
+                    transport.name(),
+                    run.outcome.completed,
+                    run.outcome.failed,
+                    run.outcome.duration.value_at_quantile(0.99) / 1000,
+                    run.peak_rss_kib / 1024,
+                    run.cpu_micros_per_token()
+                );
+                results.streams.push(run);
+                // Let the last answers be stored and connections close.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+
+    // Section 6: idle again after everything.
+    let settle = Duration::from_secs(5);
+    tokio::time::sleep(settle).await;
+    results.memory.after_kib = Some(bench.server.stats().rss_kib);
+    results.memory.after_settle = settle;
+    let (completions, searches) = bench.fake.counts();
+    results.notes.push(format!(
+        "The fake upstream served {completions} chat completions and {searches} searches in this run."
+    ));
+    if !options.sections.is_superset(&(1..=6).collect()) {
+        results
+            .notes
+            .push(format!("Sections run: {:?}.", options.sections));
+    }
+    let bench = Arc::into_inner(bench).ok_or("bench still shared")?;
+    let stopped = bench.server.stop().await;
+    println!("server {stopped}");
+    results.elapsed = started.elapsed();
+    let markdown = report::render(&results);
+    println!("\n{markdown}");
+    let all_sections = options.sections.len() == 6;
+    let out = match (&options.out, options.no_write) {
+        (_, true) => None,
+        (Some(path), false) => Some(path.clone()),
+        (None, false) if all_sections && !options.quick => {
+            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"))
+        }
+        (None, false) => None,
+    };
+    if let Some(path) = out {
+        std::fs::write(&path, markdown)
+            .map_err(|err| format!("write {}: {err}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

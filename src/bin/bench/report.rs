@@ -1,0 +1,506 @@
+//! Renders the results as the markdown of `BENCHMARKS.md`, with the machine
+//! description and the budget check.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::fake::PromptStat;
+use crate::load::RateResult;
+use crate::sections::{LoginFlood, StreamRun, TtftResult};
+
+/// Server memory at the three moments of section 6, KiB.
+#[derive(Default)]
+pub struct Memory {
+    pub startup_kib: u64,
+    pub warm_kib: u64,
+    pub after_kib: Option<u64>,
+    pub after_settle: Duration,
+}
+
+/// Everything measured in one run.
+#[derive(Default)]
+pub struct Results {
+    pub quick: bool,
+    pub upstream: String,
+    pub command: String,
+    pub elapsed: Duration,
+    pub memory: Memory,
+    pub rates: Vec<(String, RateResult)>,
+    pub ttft: Vec<TtftResult>,
+    pub streams: Vec<StreamRun>,
+    pub login: Option<LoginFlood>,
+    pub prompts: Vec<(usize, PromptStat)>,
+    pub notes: Vec<String>,
+}
+
+fn ms(micros: u64) -> String {
+    let ms = micros as f64 / 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.3} s", ms / 1000.0)
+    }
+}
+
+fn q(histogram: &Histogram<u64>, quantile: f64) -> u64 {
+    histogram.value_at_quantile(quantile)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn duration(value: Duration) -> String {
+    ms(value.as_micros() as u64)
+}
+
+/// CPU, RAM, kernel, toolchain.
+pub fn machine() -> Vec<(&'static str, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map_or("unknown".to_string(), |(_, name)| name.trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let ram_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or("unknown".into(), |text| text.trim().to_string());
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map_or("unknown".into(), |text| text.trim().to_string());
+    let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map_or("unknown".into(), |(soft, hard)| {
+            format!("{soft} (hard limit {hard})")
+        });
+    vec![
+        ("CPU", format!("{model}, {cores} cores available (nproc)")),
+        (
+            "RAM",
+            format!("{:.1} GiB", ram_kib as f64 / 1024.0 / 1024.0),
+        ),
+        ("kernel", kernel),
+        ("rustc", rustc),
+        ("open files per process", nofile),
+        (
+            "date",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        ),
+    ]
+}
+
+pub fn render(results: &Results) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Measured by the `bench` binary (`src/bin/bench/`){}. Reproduce with\n\n```sh\n{}\n```\n",
+        if results.quick {
+            " in `--quick` mode (short runs: indicative only)"
+        } else {
+            ""
+        },
+        results.command,
+    );
+    let _ = writeln!(
+        w,
+        "`-- --quick` is a smoke run of under a minute, `-- --sections 1,3` runs some sections, `-- --help` lists the flags. The whole run took {:.0} s.\n",
+        results.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(w, "## Machine\n\n| | |\n|---|---|");
+    for (name, value) in machine() {
+        let _ = writeln!(w, "| {name} | {value} |");
+    }
+    let _ = writeln!(w, "\n## Setup\n");
+    let _ = writeln!(
+        w,
+        "- Everything runs on loopback and shares the same cores: the release server as its own process \
+(its RSS and CPU time read from `/proc/<pid>/status` and `/proc/<pid>/stat`), and one bench process \
+(tokio, one worker thread per core) holding the fake upstream and the load generator.\n\
+- Server: default configuration on a fresh SQLite file (WAL), except `RATE_LIMIT_*_PER_MINUTE=0` and \
+`MAX_STREAMS_PER_USER=0` (a few users carry the whole load; `MAX_STREAMS_TOTAL` keeps its default). Default `RUST_LOG` (info), `BCRYPT_COST` 12, `HISTORY_MAX_MESSAGES` 20, Pinecone `top_k` 10.\n\
+- Fake upstream ({}): OpenAI chat completions streamed in OpenAI's chunk format (about 300 bytes per chunk, \
+`data: [DONE]` at the end) with a configurable time to first token, token count and delay per token \
+(absolute deadlines, so 100 tokens × 20 ms take 2.00 s), and Pinecone records search answering 10 hits \
+of about 300 characters each.\n\
+- Load generator: HTTP/1.1 keep-alive connections for request rates (a minimal client: one write and \
+one read per request), hyper for SSE, tokio-tungstenite for WebSockets; client sockets are spread over \
+source addresses 127.0.0.2–254. Every streamed answer is checked against the text the fake sent.\n\
+- All chat turns are authenticated (bearer token) and go through the whole pipeline: conversation lookup \
+or creation, guardrails, retrieval, storing the question, the model stream, storing the answer, the final history.",
+        results.upstream
+    );
+
+    if !results.rates.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n## 1. Request rates\n\n64 keep-alive connections, each sending the next request as soon as the previous answer arrived; \
+{} after a warm-up.\n\n| endpoint | requests/s | p50 | p99 | errors |\n|---|---:|---:|---:|---:|",
+            if results.quick { "1 s" } else { "5 s" }
+        );
+        for (name, rate) in &results.rates {
+            let _ = writeln!(
+                w,
+                "| `{name}` | {:.0} | {} | {} | {} |",
+                rate.per_second(),
+                ms(q(&rate.latency, 0.5)),
+                ms(q(&rate.latency, 0.99)),
+                rate.errors
+            );
+        }
+    }
+
+    if !results.ttft.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n## 2. Time to first delta added by the server\n\n\
+Per turn: (question sent → first delta received by the client) minus (request received by the fake → first token sent by it), \
+both on the bench process's clock. What remains is the server's own work before the model answers (token check, conversation, \
+guardrails, history read, the Pinecone round trip, storing the question, opening the model stream) plus relaying the first token. \
+Timed from the question leaving the client on an open connection (SSE: keep-alive connection; WebSocket: after the upgrade). \
+Each worker continues its conversation, starting a new one every 10 turns.\n\n\
+| transport | concurrent streams | answers | turns measured | added p50 | added p99 | seen by client p50 | p50: sent → search | p50: search → model request | p50: first token → client | errors |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for result in &results.ttft {
+            let b = result.behaviour;
+            let _ = writeln!(
+                w,
+                "| {} | {} | TTFT {} + {} tokens × {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                result.transport.name(),
+                result.concurrency,
+                duration(b.ttft),
+                b.tokens,
+                duration(b.delay),
+                result.added.len(),
+                ms(q(&result.added, 0.5)),
+                ms(q(&result.added, 0.99)),
+                ms(q(&result.seen, 0.5)),
+                ms(q(&result.before_search, 0.5)),
+                ms(q(&result.search_to_model, 0.5)),
+                ms(q(&result.relay, 0.5)),
+                result.errors.len()
+            );
+        }
+        let _ = writeln!(
+            w,
+            "\nWith 200 streams each worker starts its first turn staggered over one answer length and only turns started after that are counted, so about 100 turns start per second while 200 are streaming."
+        );
+    }
+
+    if !results.streams.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n## 3. Concurrent streams\n\n\
+Every stream is a new conversation on its own connection (SSE: `POST /api/chat/stream`; WebSocket: `/api/chat/ws/0`), \
+opened evenly over the ramp so that all are open at once. Stream time: connect → `done` received; ideal: when the fake sends \
+the last token. RSS per stream: (peak RSS − RSS before the run) / streams. CPU: server user+system time during the run \
+divided by the tokens delivered (it includes the whole turn: conversation, retrieval, both stores, the final history).\n\n\
+| transport | streams | tokens × delay | ramp | peak open | completed | failed | ideal | p50 | p99 | p99 / ideal | server peak RSS | RSS / stream | CPU s / 1,000 tokens | CPU / token | bench process CPU / token | server fds (peak) |\n\
+|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for run in &results.streams {
+            let ideal = run.behaviour.ideal();
+            let p99 = q(&run.outcome.duration, 0.99);
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} × {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {} | {:.1} KiB | {:.4} | {:.1} µs | {:.1} µs | {} |",
+                run.transport.name(),
+                run.streams,
+                run.behaviour.tokens,
+                duration(run.behaviour.delay),
+                duration(run.ramp),
+                run.outcome.peak_open,
+                run.outcome.completed,
+                run.outcome.failed,
+                duration(ideal),
+                ms(q(&run.outcome.duration, 0.5)),
+                ms(p99),
+                p99 as f64 / ideal.as_micros() as f64,
+                mib(run.peak_rss_kib),
+                run.rss_per_stream_kib(),
+                run.cpu_secs * 1000.0 / run.tokens_streamed().max(1) as f64,
+                run.cpu_micros_per_token(),
+                run.bench_cpu_secs * 1e6 / run.tokens_streamed().max(1) as f64,
+                run.peak_fds,
+            );
+        }
+        for run in &results.streams {
+            if !run.outcome.failures.is_empty() {
+                let _ = writeln!(
+                    w,
+                    "\nFailures of {} × {}: {:?}",
+                    run.streams,
+                    run.transport.name(),
+                    run.outcome.failures
+                );
+            }
+        }
+    }
+
+    if let Some(login) = &results.login {
+        let _ = writeln!(
+            w,
+            "\n## 4. Login flood\n\n50 connections sending `POST /api/auth/login` (correct password, bcrypt cost 12 = the default) back to back for {} s, \
+while one more connection sends `GET /health` every 5 ms.\n\n\
+| logins/s | login p50 | login p99 | login errors | server CPU | `/health` p50 | `/health` p99 | `/health` max | `/health` errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+| {:.1} | {} | {} | {} | {:.2} cores | {} | {} | {} | {} |",
+            login.duration.as_secs(),
+            login.logins.per_second(),
+            ms(q(&login.logins.latency, 0.5)),
+            ms(q(&login.logins.latency, 0.99)),
+            login.logins.errors,
+            login.cpu_cores,
+            ms(q(&login.health, 0.5)),
+            ms(q(&login.health, 0.99)),
+            ms(login.health.max()),
+            login.health_errors,
+        );
+    }
+
+    if !results.prompts.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n## 5. Prompt cost\n\nWhat the server sent upstream at turns of one conversation (`/api/chat/create`, 100-token answers, 10 retrieved passages per turn).\n\n\
+| turn | messages | characters | context blocks |\n|---:|---:|---:|---:|"
+        );
+        for (turn, stat) in &results.prompts {
+            let _ = writeln!(
+                w,
+                "| {turn} | {} | {} | {} |",
+                stat.messages, stat.chars, stat.context_blocks
+            );
+        }
+    }
+
+    let memory = &results.memory;
+    let _ = writeln!(
+        w,
+        "\n## 6. Server memory (RSS)\n\n| moment | RSS |\n|---|---:|\n\
+| idle after startup | {} |\n| after the warm-up (seeding, 1–2 s of requests, 400 streams), idle | {} |\n| after the run, idle ({} later) | {} |",
+        mib(memory.startup_kib),
+        mib(memory.warm_kib),
+        duration(memory.after_settle),
+        memory.after_kib.map_or("not measured".into(), mib),
+    );
+
+    let _ = writeln!(
+        w,
+        "\n## Budget\n\n| budget | measured | met |\n|---|---|---|"
+    );
+    for (budget, measured, met) in budget(results) {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not run",
+        };
+        let _ = writeln!(w, "| {budget} | {measured} | {met} |");
+    }
+    if !results.notes.is_empty() {
+        let _ = writeln!(w, "\n## Notes\n");
+        for note in &results.notes {
+            let _ = writeln!(w, "- {note}");
+        }
+    }
+    out
+}
+
+type Line = (String, String, Option<bool>);
+
+fn budget(results: &Results) -> Vec<Line> {
+    let mut lines: Vec<Line> = Vec::new();
+    let big: Vec<&StreamRun> = results
+        .streams
+        .iter()
+        .filter(|run| run.streams >= 10_000)
+        .collect();
+    let join = |parts: Vec<String>| parts.join("; ");
+    lines.push((
+        "10,000 concurrent streams (100 ms/token), 0 failures".into(),
+        join(
+            big.iter()
+                .map(|run| {
+                    format!(
+                        "{}: {} failed, peak {} open",
+                        run.transport.name(),
+                        run.outcome.failed,
+                        run.outcome.peak_open
+                    )
+                })
+                .collect(),
+        ),
+        (!big.is_empty()).then(|| {
+            big.iter()
+                .all(|run| run.outcome.failed == 0 && run.outcome.peak_open >= 10_000)
+        }),
+    ));
+    lines.push((
+        "server peak RSS < 1 GiB at 10,000 streams (< 100 KiB/stream)".into(),
+        join(
+            big.iter()
+                .map(|run| {
+                    format!(
+                        "{}: {} ({:.1} KiB/stream)",
+                        run.transport.name(),
+                        mib(run.peak_rss_kib),
+                        run.rss_per_stream_kib()
+                    )
+                })
+                .collect(),
+        ),
+        (!big.is_empty()).then(|| {
+            big.iter()
+                .all(|run| run.peak_rss_kib < 1024 * 1024 && run.rss_per_stream_kib() < 100.0)
+        }),
+    ));
+    let fast: Vec<&StreamRun> = results
+        .streams
+        .iter()
+        .filter(|run| run.streams == 1000 && run.behaviour.delay == Duration::from_millis(20))
+        .collect();
+    let ratio = |run: &StreamRun| {
+        q(&run.outcome.duration, 0.99) as f64 / run.behaviour.ideal().as_micros() as f64
+    };
+    lines.push((
+        "1,000 streams at 20 ms/token within 10% of ideal (p99, 0 failures)".into(),
+        join(
+            fast.iter()
+                .map(|run| {
+                    format!(
+                        "{}: p99 {:.3} × ideal, {} failed",
+                        run.transport.name(),
+                        ratio(run),
+                        run.outcome.failed
+                    )
+                })
+                .collect(),
+        ),
+        (!fast.is_empty()).then(|| {
+            fast.iter()
+                .all(|run| ratio(run) <= 1.10 && run.outcome.failed == 0)
+        }),
+    ));
+    lines.push((
+        "server CPU per streamed token < 15 µs (every run of section 3)".into(),
+        join(
+            results
+                .streams
+                .iter()
+                .map(|run| {
+                    format!(
+                        "{} × {}: {:.1} µs",
+                        run.streams,
+                        run.transport.name(),
+                        run.cpu_micros_per_token()
+                    )
+                })
+                .collect(),
+        ),
+        (!results.streams.is_empty()).then(|| {
+            results
+                .streams
+                .iter()
+                .all(|run| run.cpu_micros_per_token() < 15.0)
+        }),
+    ));
+    let ttft200: Vec<&TtftResult> = results
+        .ttft
+        .iter()
+        .filter(|result| result.concurrency >= 200)
+        .collect();
+    lines.push((
+        "added TTFT p50 < 2 ms, p99 < 10 ms at 200 concurrent (SQLite)".into(),
+        join(
+            ttft200
+                .iter()
+                .map(|result| {
+                    format!(
+                        "{}: p50 {}, p99 {}",
+                        result.transport.name(),
+                        ms(q(&result.added, 0.5)),
+                        ms(q(&result.added, 0.99))
+                    )
+                })
+                .collect(),
+        ),
+        (!ttft200.is_empty()).then(|| {
+            ttft200.iter().all(|result| {
+                q(&result.added, 0.5) < 2000
+                    && q(&result.added, 0.99) < 10_000
+                    && result.errors.is_empty()
+            })
+        }),
+    ));
+    let rate = |prefix: &str| {
+        results
+            .rates
+            .iter()
+            .find(|(name, _)| name.starts_with(prefix))
+            .map(|(_, rate)| rate.per_second())
+    };
+    for endpoint in ["GET /api/auth/me", "GET /api/chat/messages/{id}"] {
+        let value = rate(endpoint);
+        lines.push((
+            format!("`{endpoint}` > 20,000 requests/s"),
+            value.map_or(String::new(), |value| format!("{value:.0} requests/s")),
+            value.map(|value| value > 20_000.0),
+        ));
+    }
+    lines.push((
+        "`/health` p99 < 10 ms during the login flood".into(),
+        results
+            .login
+            .as_ref()
+            .map_or(String::new(), |login| ms(q(&login.health, 0.99))),
+        results
+            .login
+            .as_ref()
+            .map(|login| q(&login.health, 0.99) < 10_000 && login.health_errors == 0),
+    ));
+    let turn20 = results.prompts.iter().find(|(turn, _)| *turn == 20);
+    lines.push((
+        "prompt at turn 20 carries exactly one context block".into(),
+        turn20.map_or(String::new(), |(_, stat)| {
+            format!(
+                "{} block(s), {} characters",
+                stat.context_blocks, stat.chars
+            )
+        }),
+        turn20.map(|(_, stat)| stat.context_blocks == 1),
+    ));
+    let memory = &results.memory;
+    lines.push((
+        "idle RSS after startup < 30 MiB".into(),
+        mib(memory.startup_kib),
+        Some(memory.startup_kib < 30 * 1024),
+    ));
+    lines.push((
+        "RSS after the run within 10% of post-warm-up".into(),
+        memory.after_kib.map_or(String::new(), |after| {
+            format!(
+                "{} vs {} ({:+.1}%)",
+                mib(after),
+                mib(memory.warm_kib),
+                (after as f64 / memory.warm_kib.max(1) as f64 - 1.0) * 100.0
+            )
+        }),
+        memory
+            .after_kib
+            .map(|after| (after as f64) <= memory.warm_kib as f64 * 1.10),
+    ));
+    lines
+}
