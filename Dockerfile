@@ -13,6 +13,7 @@ WORKDIR /app
 # Dependencies first, with placeholder sources: editing src/ then rebuilds
 # only this crate, not the few hundred dependencies.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
@@ -25,7 +26,7 @@ COPY src ./src
 # COPY keeps the files' old timestamps: make sure cargo sees them as newer
 # than the placeholder build.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --bin eloquent \
     && cp target/release/eloquent /usr/local/bin/eloquent
 
 # ---------------------------------------------------------------- runtime

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use eloquent::startup::{self, Application};
 use eloquent::{Config, telemetry};
 
+// glibc malloc keeps freed memory in per-thread arenas, so RSS stays near its
+// peak after a burst of streams; jemalloc returns it (settings in .cargo/config.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match Config::from_env() {

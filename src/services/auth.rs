@@ -1,6 +1,7 @@
 //! Accounts: signup, login, and the JWTs that identify callers.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -77,7 +78,17 @@ pub struct AuthService {
     dummy_hash: Arc<str>,
     /// Caps concurrent bcrypt work so a login flood cannot take every blocking thread.
     hash_permits: Arc<Semaphore>,
+    /// Users recently named by valid tokens (see [`USER_CACHE_TTL`]).
+    recent_users: Arc<quick_cache::sync::Cache<i64, (Instant, UserRecord)>>,
 }
+
+/// How many users [`AuthService::user_for_claims`] keeps in memory (a few MiB at most).
+const USER_CACHE_CAPACITY: usize = 10_000;
+/// How long a cached user row is trusted. Rows never change once written
+/// (no route updates or deletes a user), so a hit saves a database round trip
+/// per authenticated request; the expiry bounds how long a row removed by an
+/// operator keeps authenticating. Unknown users are never cached.
+const USER_CACHE_TTL: Duration = Duration::from_secs(60);
 
 impl AuthService {
     pub async fn new(config: &Config, db: Database) -> Result<Self, AppError> {
@@ -98,6 +109,7 @@ impl AuthService {
             bcrypt_cost: cost,
             dummy_hash: dummy_hash.into(),
             hash_permits: Arc::new(Semaphore::new(workers * 2)),
+            recent_users: Arc::new(quick_cache::sync::Cache::new(USER_CACHE_CAPACITY)),
         })
     }
 
@@ -176,9 +188,16 @@ impl AuthService {
             .user_id
             .parse()
             .map_err(|_| AppError::Unauthorized("Invalid token"))?;
-        users::find_by_id(&self.db, id)
+        if let Some((cached_at, user)) = self.recent_users.get(&id)
+            && cached_at.elapsed() < USER_CACHE_TTL
+        {
+            return Ok(user);
+        }
+        let user = users::find_by_id(&self.db, id)
             .await?
-            .ok_or(AppError::Unauthorized("User not found"))
+            .ok_or(AppError::Unauthorized("User not found"))?;
+        self.recent_users.insert(id, (Instant::now(), user.clone()));
+        Ok(user)
     }
 
     /// Signs a token for a user.

@@ -266,12 +266,12 @@ impl ChatService {
         let message = self.validate_message(&request.message)?;
         // Held until the answer ends (or the turn fails before streaming).
         let slot = self.limits.acquire(request.caller)?;
-        let conversation = self
-            .resolve_for_turn(request.caller, request.conversation_id)
-            .await?;
-        let conversation_id = conversation.id;
         let redacted = match guardrails::check(message) {
             Verdict::Refuse { reason, redacted } => {
+                let conversation = self
+                    .resolve_for_turn(request.caller, request.conversation_id)
+                    .await?;
+                let conversation_id = conversation.id;
                 tracing::info!(conversation_id, ?reason, "guardrails refused a message");
                 let refusal = NewMessage {
                     conversation_id,
@@ -284,15 +284,24 @@ impl ChatService {
             }
             Verdict::Allow { redacted } => redacted,
         };
-        // The history read and the search are independent: run them together.
+        // The search needs only the (allowed) message: it runs while the
+        // conversation is resolved and its history read. When resolving fails
+        // (403, 404, storage) the search is dropped, i.e. cancelled.
         let search = async {
-            match &self.retrieval {
+            Ok(match &self.retrieval {
                 Some(retrieval) => retrieval.search(&redacted).await,
                 None => Vec::new(),
-            }
+            })
         };
-        let (history, passages) = tokio::join!(messages::list(&self.db, conversation_id), search);
-        let history = history?;
+        let conversation_and_history = async {
+            let conversation = self
+                .resolve_for_turn(request.caller, request.conversation_id)
+                .await?;
+            let history = messages::list(&self.db, conversation.id).await?;
+            Ok::<_, AppError>((conversation.id, history))
+        };
+        let ((conversation_id, history), passages) =
+            tokio::try_join!(conversation_and_history, search)?;
         let turn = prompt::user_turn(&redacted, &prompt::context_block(&passages));
         let prompt_messages =
             prompt::assemble(&history, turn.clone(), self.settings.history_max_messages);

@@ -109,6 +109,9 @@ impl Database {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))
+                    // Room for a whole history read: with the default (50) the
+                    // connection's thread stalls mid-result until the reader catches up.
+                    .row_buffer_size(256)
                     .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(settings.max_connections.min(16))
