@@ -335,8 +335,10 @@ async fn run(options: Options) -> Result<(), String> {
             .push(format!("Sections run: {:?}.", options.sections));
     }
     let bench = Arc::into_inner(bench).ok_or("bench still shared")?;
+    let log = bench.server.log.clone();
     let stopped = bench.server.stop().await;
     println!("server {stopped}");
+    results.notes.extend(server::log_warnings(&log));
     results.elapsed = started.elapsed();
     let markdown = report::render(&results);
     println!("\n{markdown}");

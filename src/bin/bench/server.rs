@@ -188,6 +188,70 @@ impl Drop for Server {
     }
 }
 
+/// A note on the server's WARN and ERROR log lines: how many, and the
+/// messages of the most frequent ones (timestamps and fields stripped).
+pub fn log_warnings(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for line in text.lines() {
+        let line = strip_ansi(line);
+        let Some((level, rest)) = ["WARN", "ERROR"]
+            .iter()
+            .find_map(|level| line.split_once(level).map(|(_, rest)| (*level, rest)))
+        else {
+            continue;
+        };
+        // `target: message field=value ...`; numbers become N so lines group.
+        let message = rest
+            .trim()
+            .split_once(": ")
+            .map_or(rest, |(_, message)| message);
+        let mut grouped = String::new();
+        for c in message.chars() {
+            if c.is_ascii_digit() {
+                if !grouped.ends_with('N') {
+                    grouped.push('N');
+                }
+            } else {
+                grouped.push(c);
+            }
+        }
+        let grouped: String = grouped.trim().chars().take(200).collect();
+        *counts.entry(format!("{level} {grouped}")).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return Some("The server logged no warnings or errors.".into());
+    }
+    let total: usize = counts.values().sum();
+    let mut frequent: Vec<_> = counts.into_iter().collect();
+    frequent.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    let top = frequent
+        .iter()
+        .take(5)
+        .map(|(message, count)| format!("{count} × `{message}`"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(format!("The server logged {total} warnings/errors: {top}."))
+}
+
+/// Drops terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 /// USER_HZ, the unit of CPU times in `/proc/<pid>/stat` (100 on Linux).
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
