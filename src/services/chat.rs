@@ -268,7 +268,7 @@ impl ChatService {
         let slot = self.limits.acquire(request.caller)?;
         let redacted = match guardrails::check(message) {
             Verdict::Refuse { reason, redacted } => {
-                let conversation = self
+                let (conversation, _) = self
                     .resolve_for_turn(request.caller, request.conversation_id)
                     .await?;
                 let conversation_id = conversation.id;
@@ -294,10 +294,16 @@ impl ChatService {
             })
         };
         let conversation_and_history = async {
-            let conversation = self
+            let (conversation, created) = self
                 .resolve_for_turn(request.caller, request.conversation_id)
                 .await?;
-            let history = messages::list(&self.db, conversation.id).await?;
+            // A conversation created just now holds only the system prompt,
+            // which `prompt::assemble` uses by default: no read needed.
+            let history = if created {
+                Vec::new()
+            } else {
+                messages::list(&self.db, conversation.id).await?
+            };
             Ok::<_, AppError>((conversation.id, history))
         };
         let ((conversation_id, history), passages) =
@@ -489,12 +495,13 @@ impl ChatService {
         Ok(conversation)
     }
 
-    /// `None`, `0` or an unknown id start a new conversation owned by the caller.
+    /// `None`, `0` or an unknown id start a new conversation owned by the
+    /// caller; the flag says whether it was created.
     async fn resolve_for_turn(
         &self,
         caller: Option<i64>,
         requested: Option<i64>,
-    ) -> Result<ConversationRecord, AppError> {
+    ) -> Result<(ConversationRecord, bool), AppError> {
         if let Some(id) = requested.filter(|id| *id > 0)
             && let Some(conversation) = conversations::find(&self.db, id).await?
         {
@@ -502,9 +509,10 @@ impl ChatService {
             if conversation.is_deleted {
                 return Err(AppError::BadRequest("Conversation is deleted"));
             }
-            return Ok(conversation);
+            return Ok((conversation, false));
         }
-        Ok(conversations::create(&self.db, caller, prompt::SYSTEM_PROMPT).await?)
+        let created = conversations::create(&self.db, caller, prompt::SYSTEM_PROMPT).await?;
+        Ok((created, true))
     }
 
     async fn view(&self, conversation_id: i64) -> Result<ConversationView, AppError> {
