@@ -10,11 +10,11 @@ use std::time::Duration;
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::middleware::ReqwestService;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::clients::model_http::ModelHttp;
 use crate::config::ModelConfig;
 
 /// One message of a prompt, as sent upstream.
@@ -126,11 +126,11 @@ impl ModelClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
         Ok(Some(Self {
-            // The plain reqwest service, without async-openai's built-in retry
+            // Our reqwest service (see `model_http`), without async-openai's built-in retry
             // layer (3 retries, honouring long Retry-After on 429): we retry a
             // 5xx or a failed connect once ourselves and turn a 429 into a 503.
             client: Client::build(http.clone(), openai_config)
-                .with_http_service(ReqwestService::new(http)),
+                .with_http_service(ModelHttp::new(http)),
             model: config.model.clone(),
             idle_timeout: config.idle_timeout,
             total_timeout: config.total_timeout,
