@@ -67,6 +67,17 @@ pub(crate) async fn write_gate(db: &Database) -> WriteGuard {
     Some(gate.lock_owned().await)
 }
 
+/// Most SQLite connections worth having: two per core. Each is a thread of
+/// its own doing short in-process work, and writers take turns anyway, so
+/// more only adds context switches. Measured with the bench on 2 cores, 4
+/// connections instead of 16: conversation list 942 → 2,388 requests/s,
+/// 50-message history 5,116 → 6,219 requests/s, idle RSS after the run
+/// 65 → 51 MiB (fewer page caches), one-shot turns 474 → 447/s.
+fn sqlite_connection_cap() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    u32::try_from(cores * 2).unwrap_or(u32::MAX).max(2)
+}
+
 /// Pool settings read from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
@@ -114,7 +125,7 @@ impl Database {
                     .row_buffer_size(256)
                     .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(settings.max_connections.min(16))
+                    .max_connections(settings.max_connections.min(sqlite_connection_cap()))
                     .acquire_timeout(settings.acquire_timeout)
                     // A SQLite connection is a local file handle: the default
                     // ping before every acquire only doubles the round trips to
