@@ -69,10 +69,10 @@ pub(crate) async fn write_gate(db: &Database) -> WriteGuard {
 
 /// Most SQLite connections worth having: two per core. Each is a thread of
 /// its own doing short in-process work, and writers take turns anyway, so
-/// more only adds context switches. Measured with the bench on 2 cores, 4
-/// connections instead of 16: conversation list 942 → 2,388 requests/s,
-/// 50-message history 5,116 → 6,219 requests/s, idle RSS after the run
-/// 65 → 51 MiB (fewer page caches), one-shot turns 474 → 447/s.
+/// more only adds context switches. Measured with `bench --sections 1` on 2
+/// cores (two runs each), 4 connections against 16: conversation list
+/// 2,346 / 2,422 against 1,214 / 1,036 requests/s, 50-message history
+/// 5,967 / 5,899 against 4,996 / 5,424, one-shot turns 563 / 519 against 525 / 525.
 fn sqlite_connection_cap() -> u32 {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     u32::try_from(cores * 2).unwrap_or(u32::MAX).max(2)
