@@ -167,3 +167,41 @@ pub fn envelope_json<T: Serialize>(status: u16, data: T) -> serde_json::Value {
 pub async fn method_not_allowed() -> AppError {
     AppError::MethodNotAllowed
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::to_bytes;
+    use axum::http::Request;
+    use axum::routing::get;
+    use tower::ServiceExt;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    use super::*;
+
+    /// The layer `app()` installs: a panicking handler becomes a 500
+    /// envelope and its message stays out of the response.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_500_envelope_without_details() {
+        async fn explode() -> &'static str {
+            panic!("secret detail: sk-live-123")
+        }
+        let router = Router::new()
+            .route("/explode", get(explode))
+            .layer(CatchPanicLayer::custom(panic_response));
+        let request = Request::get("/explode")
+            .body(Body::empty())
+            .expect("request");
+        let response = router.oneshot(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON body");
+        assert_eq!(
+            body,
+            json!({"data": {"message": "Internal Server Error"}, "status_code": 500})
+        );
+        assert!(!String::from_utf8_lossy(&bytes).contains("secret"));
+    }
+}
