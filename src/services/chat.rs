@@ -268,8 +268,9 @@ impl ChatService {
         let slot = self.limits.acquire(request.caller)?;
         let redacted = match guardrails::check(message) {
             Verdict::Refuse { reason, redacted } => {
+                let short_name = prompt::short_name(&redacted);
                 let (conversation, _) = self
-                    .resolve_for_turn(request.caller, request.conversation_id)
+                    .resolve_for_turn(request.caller, request.conversation_id, &short_name)
                     .await?;
                 let conversation_id = conversation.id;
                 tracing::info!(conversation_id, ?reason, "guardrails refused a message");
@@ -279,7 +280,7 @@ impl ChatService {
                     content: reason.message(),
                     user_message: Some(&redacted),
                 };
-                messages::insert(&self.db, refusal, Some(&prompt::short_name(&redacted))).await?;
+                messages::insert(&self.db, refusal).await?;
                 return Ok(TurnOutcome::Refused(self.view(conversation_id).await?));
             }
             Verdict::Allow { redacted } => redacted,
@@ -293,9 +294,10 @@ impl ChatService {
                 None => Vec::new(),
             })
         };
+        let short_name = prompt::short_name(&redacted);
         let conversation_and_history = async {
             let (conversation, created) = self
-                .resolve_for_turn(request.caller, request.conversation_id)
+                .resolve_for_turn(request.caller, request.conversation_id, &short_name)
                 .await?;
             // A conversation created just now holds only the system prompt,
             // which `prompt::assemble` uses by default: no read needed.
@@ -317,12 +319,11 @@ impl ChatService {
             content: &turn,
             user_message: Some(&redacted),
         };
-        let short_name = prompt::short_name(&redacted);
         // Store the question while the model request goes out (neither needs
         // the other); both are awaited, so a failed model call still leaves the
         // question stored, and a failed store drops (cancels) the model stream.
         let (stored, tokens) = tokio::join!(
-            messages::insert(&self.db, user_message, Some(&short_name)),
+            messages::insert(&self.db, user_message),
             model.stream_chat(&prompt_messages)
         );
         stored?;
@@ -496,11 +497,13 @@ impl ChatService {
     }
 
     /// `None`, `0` or an unknown id start a new conversation owned by the
-    /// caller; the flag says whether it was created.
+    /// caller, named `short_name` (the turn's message); the flag says whether
+    /// it was created.
     async fn resolve_for_turn(
         &self,
         caller: Option<i64>,
         requested: Option<i64>,
+        short_name: &str,
     ) -> Result<(ConversationRecord, bool), AppError> {
         if let Some(id) = requested.filter(|id| *id > 0)
             && let Some(conversation) = conversations::find(&self.db, id).await?
@@ -509,9 +512,13 @@ impl ChatService {
             if conversation.is_deleted {
                 return Err(AppError::BadRequest("Conversation is deleted"));
             }
+            if conversation.short_name.is_none() {
+                conversations::name_if_unnamed(&self.db, conversation.id, short_name).await?;
+            }
             return Ok((conversation, false));
         }
-        let created = conversations::create(&self.db, caller, prompt::SYSTEM_PROMPT).await?;
+        let created =
+            conversations::create(&self.db, caller, short_name, prompt::SYSTEM_PROMPT).await?;
         Ok((created, true))
     }
 
@@ -618,6 +625,6 @@ async fn store_answer(db: Database, conversation_id: i64, text: String) -> Resul
         content: &text,
         user_message: None,
     };
-    messages::insert(&db, message, None).await?;
+    messages::insert(&db, message).await?;
     Ok(())
 }

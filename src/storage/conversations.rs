@@ -17,10 +17,12 @@ pub struct ConversationRecord {
 
 const COLUMNS: &str = "id, user_id, short_name, created_at, updated_at, is_deleted";
 
-/// Creates a conversation and stores its system message, atomically.
+/// Creates a conversation named after its first message and stores its
+/// system message, atomically.
 pub async fn create(
     db: &Database,
     user_id: Option<i64>,
+    short_name: &str,
     system_prompt: &str,
 ) -> Result<ConversationRecord, sqlx::Error> {
     let now = Utc::now();
@@ -29,10 +31,11 @@ pub async fn create(
         let mut tx = pool.begin().await?;
         let conversation = sqlx::query_as::<_, ConversationRecord>(
             "INSERT INTO conversations (user_id, short_name, created_at, updated_at, is_deleted) \
-             VALUES ($1, NULL, $2, $2, $3) \
+             VALUES ($1, $2, $3, $3, $4) \
              RETURNING id, user_id, short_name, created_at, updated_at, is_deleted",
         )
         .bind(user_id)
+        .bind(short_name)
         .bind(now)
         .bind(false)
         .fetch_one(&mut *tx)
@@ -48,6 +51,20 @@ pub async fn create(
         .await?;
         tx.commit().await?;
         Ok(conversation)
+    })
+}
+
+/// Gives a conversation its `short_name` when it has none yet (conversations
+/// created before names were filled in at creation).
+pub async fn name_if_unnamed(db: &Database, id: i64, short_name: &str) -> Result<(), sqlx::Error> {
+    let _gate = write_gate(db).await;
+    on_pool!(db, pool => {
+        sqlx::query("UPDATE conversations SET short_name = $1 WHERE id = $2 AND short_name IS NULL")
+            .bind(short_name)
+            .bind(id)
+            .execute(pool)
+            .await?;
+        Ok(())
     })
 }
 

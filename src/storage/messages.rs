@@ -84,17 +84,13 @@ pub struct NewMessage<'a> {
     pub user_message: Option<&'a str>,
 }
 
-/// Stores a message and touches its conversation; the first thing a user
-/// typed becomes the conversation's `short_name` when it has none.
-pub async fn insert(
-    db: &Database,
-    message: NewMessage<'_>,
-    short_name: Option<&str>,
-) -> Result<i64, sqlx::Error> {
+/// Stores a message. The `messages_touch_conversation` trigger (migration
+/// 0002) moves its conversation's `updated_at` in the same statement, so a
+/// message costs one round trip and one commit.
+pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx::Error> {
     let now = Utc::now();
     let _gate = write_gate(db).await;
     on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO messages (conversation_id, role, content, user_message, created_at) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -104,17 +100,8 @@ pub async fn insert(
         .bind(message.content)
         .bind(message.user_message)
         .bind(now)
-        .fetch_one(&mut *tx)
+        .fetch_one(pool)
         .await?;
-        sqlx::query(
-            "UPDATE conversations SET updated_at = $1, short_name = COALESCE(short_name, $2) WHERE id = $3",
-        )
-        .bind(now)
-        .bind(short_name)
-        .bind(message.conversation_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
         Ok(id)
     })
 }

@@ -548,3 +548,60 @@ async fn summarize_upstream_failure_is_502() {
     let answer = app.post(&summarize_path(id), &json!({}), None).await;
     assert_error(&answer, 502, "Upstream model error");
 }
+
+#[tokio::test]
+async fn every_stored_message_moves_updated_at_and_unnamed_conversations_get_named() {
+    let app = spawn_app().await;
+    let (ada, _) = app.signup("ada@example.com").await;
+    let id = app.new_conversation(Some(&ada)).await;
+    let before = list(&app, "", &ada).await;
+    let first_updated = before[0]["updated_at"]
+        .as_str()
+        .expect("updated_at")
+        .to_owned();
+    // A conversation stored without a name (as older rows are) is named
+    // after the next message typed into it.
+    let db = app.db().await;
+    let unnamed = "UPDATE conversations SET short_name = NULL WHERE id = $1";
+    let cleared = match &db {
+        Database::Sqlite(pool) => sqlx::query(unnamed)
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()),
+        Database::Postgres(pool) => sqlx::query(unnamed)
+            .bind(id)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()),
+    };
+    assert_eq!(cleared.expect("clear short_name"), 1);
+    db.close().await;
+
+    app.create(json!(id), "  Where is   my statement? ", Some(&ada))
+        .await
+        .expect(200);
+
+    let after = list(&app, "", &ada).await;
+    assert_eq!(after[0]["id"], id);
+    assert_eq!(after[0]["short_name"], "Where is my statement?");
+    let updated = after[0]["updated_at"].as_str().expect("updated_at");
+    let parse = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|err| panic!("{text}: {err}"))
+    };
+    assert!(
+        parse(updated) > parse(&first_updated),
+        "updated_at did not move: {first_updated} then {updated}"
+    );
+    // The stored answer (the last message) set it.
+    let messages = app
+        .get(&format!("/api/chat/messages/{id}"), Some(&ada))
+        .await;
+    let last = messages.expect(200)["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["created_at"].as_str())
+        .expect("last message")
+        .to_owned();
+    assert_eq!(parse(updated), parse(&last));
+}
