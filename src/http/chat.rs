@@ -1,6 +1,7 @@
 //! `/api/chat/*` REST routes and the SSE stream.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -251,7 +252,7 @@ async fn create(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
     ApiJson(body): ApiJson<ChatRequest>,
-) -> Result<Reply<ConversationView>, AppError> {
+) -> Result<Reply<Arc<ConversationView>>, AppError> {
     let view = state.chat.complete_turn(body.into_turn(caller)).await?;
     Ok(Reply::ok(view))
 }
@@ -337,7 +338,7 @@ async fn messages(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Reply<ConversationView>, AppError> {
+) -> Result<Reply<Arc<ConversationView>>, AppError> {
     Ok(Reply::ok(state.chat.messages(caller, id).await?))
 }
 

@@ -6,6 +6,7 @@
 //! transports only frame the [`ReplyEvent`]s of a [`ReplyStream`].
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use chrono::{DateTime, Utc};
@@ -115,7 +116,7 @@ pub struct TurnRequest {
 /// How a turn began.
 pub enum TurnOutcome {
     /// The guardrails refused the message; the refusal is stored.
-    Refused(ConversationView),
+    Refused(Arc<ConversationView>),
     /// The model is answering.
     Streaming(ReplyStream),
 }
@@ -124,7 +125,7 @@ pub enum TurnOutcome {
 #[derive(Debug, Clone)]
 pub enum ReplyEvent {
     Delta(String),
-    Done(ConversationView),
+    Done(Arc<ConversationView>),
     Failed(Failure),
 }
 
@@ -205,6 +206,8 @@ pub struct ChatService {
     limits: StreamLimits,
     /// Stores of partial answers outlive their stream; shutdown waits for them.
     tasks: TaskTracker,
+    /// Histories recently read, checked against the stored message count.
+    histories: Arc<HistoryCache>,
 }
 
 /// Limits of the chat pipeline, from the configuration.
@@ -231,6 +234,11 @@ impl ChatService {
             limits: StreamLimits::new(settings.max_streams_total, settings.max_streams_per_user),
             settings,
             tasks,
+            histories: Arc::new(HistoryCache::with_weighter(
+                10_000,
+                HISTORY_CACHE_BYTES,
+                HistoryWeight,
+            )),
         }
     }
 
@@ -281,7 +289,7 @@ impl ChatService {
                     user_message: Some(&redacted),
                 };
                 messages::insert(&self.db, refusal).await?;
-                return Ok(TurnOutcome::Refused(self.view(conversation_id).await?));
+                return Ok(TurnOutcome::Refused(self.view(conversation_id).await?.view));
             }
             Verdict::Allow { redacted } => redacted,
         };
@@ -374,7 +382,7 @@ impl ChatService {
                 yield ReplyEvent::Failed(Failure::Storage);
             } else {
                 match self.view(conversation_id).await {
-                    Ok(view) => yield ReplyEvent::Done(view),
+                    Ok(history) => yield ReplyEvent::Done(history.view),
                     Err(err) => {
                         tracing::error!(conversation_id, error = %err, "loading the history failed");
                         yield ReplyEvent::Failed(Failure::Storage);
@@ -385,7 +393,10 @@ impl ChatService {
     }
 
     /// A one-shot turn: the whole answer, then the history (contract: POST /api/chat/create).
-    pub async fn complete_turn(&self, request: TurnRequest) -> Result<ConversationView, AppError> {
+    pub async fn complete_turn(
+        &self,
+        request: TurnRequest,
+    ) -> Result<Arc<ConversationView>, AppError> {
         match self.start_turn(request).await? {
             TurnOutcome::Refused(view) => Ok(view),
             TurnOutcome::Streaming(mut stream) => {
@@ -414,15 +425,25 @@ impl ChatService {
         }
     }
 
-    /// The client view of a conversation the caller may read.
+    /// The client view of a conversation the caller may read. The access
+    /// check reads the conversation's message count along with it; when the
+    /// history cache holds a view of exactly that many messages, it is the
+    /// current history and the message rows are not read again.
     pub async fn messages(
         &self,
         caller: Option<i64>,
         id: i64,
-    ) -> Result<ConversationView, AppError> {
-        self.usable(caller, id, "Conversation already deleted")
-            .await?;
-        self.view(id).await
+    ) -> Result<Arc<ConversationView>, AppError> {
+        let found = conversations::find_versioned(&self.db, id)
+            .await?
+            .ok_or(AppError::NotFound("Conversation not found"))?;
+        check_usable(&found.record, caller, "Conversation already deleted")?;
+        if let Some(cached) = self.histories.get(&id)
+            && cached.message_count == found.message_count
+        {
+            return Ok(cached.view);
+        }
+        Ok(self.view(id).await?.view)
     }
 
     /// The caller's non-deleted conversations, newest first.
@@ -452,7 +473,7 @@ impl ChatService {
     pub async fn summarize(&self, caller: Option<i64>, id: i64) -> Result<String, AppError> {
         self.usable(caller, id, "Conversation already deleted")
             .await?;
-        let view = self.view(id).await?;
+        let view = self.view(id).await?.view;
         if view.messages.is_empty() {
             return Ok(prompt::EMPTY_SUMMARY.to_string());
         }
@@ -489,10 +510,7 @@ impl ChatService {
         let conversation = conversations::find(&self.db, id)
             .await?
             .ok_or(AppError::NotFound("Conversation not found"))?;
-        authorize(&conversation, caller)?;
-        if conversation.is_deleted {
-            return Err(AppError::BadRequest(deleted_message));
-        }
+        check_usable(&conversation, caller, deleted_message)?;
         Ok(conversation)
     }
 
@@ -522,14 +540,58 @@ impl ChatService {
         Ok((created, true))
     }
 
-    async fn view(&self, conversation_id: i64) -> Result<ConversationView, AppError> {
+    /// Reads a conversation's history and keeps it in the history cache.
+    async fn view(&self, conversation_id: i64) -> Result<CachedHistory, AppError> {
         let records = messages::list(&self.db, conversation_id).await?;
-        Ok(ConversationView {
-            messages: client_view(&records),
-            conversation_id,
-        })
+        let history = CachedHistory {
+            message_count: i64::try_from(records.len()).unwrap_or(i64::MAX),
+            view: Arc::new(ConversationView {
+                messages: client_view(&records),
+                conversation_id,
+            }),
+        };
+        self.histories.insert(conversation_id, history.clone());
+        Ok(history)
     }
 }
+
+/// 403 for someone else's conversation, then 400 (`deleted_message`) when deleted.
+fn check_usable(
+    conversation: &ConversationRecord,
+    caller: Option<i64>,
+    deleted_message: &'static str,
+) -> Result<(), AppError> {
+    authorize(conversation, caller)?;
+    if conversation.is_deleted {
+        return Err(AppError::BadRequest(deleted_message));
+    }
+    Ok(())
+}
+
+/// A history as read, with the number of stored rows it was built from
+/// (system rows included), the version [`ChatService::messages`] checks.
+#[derive(Clone)]
+struct CachedHistory {
+    message_count: i64,
+    view: Arc<ConversationView>,
+}
+
+/// Bytes the history cache may hold, roughly: the text of the messages.
+const HISTORY_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Weighs a cached history by its text plus a little per message.
+#[derive(Clone)]
+struct HistoryWeight;
+
+impl quick_cache::Weighter<i64, CachedHistory> for HistoryWeight {
+    fn weight(&self, _: &i64, history: &CachedHistory) -> u64 {
+        let messages = &history.view.messages;
+        let text: usize = messages.iter().map(|m| m.content.len() + 64).sum();
+        u64::try_from(text).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+type HistoryCache = quick_cache::sync::Cache<i64, CachedHistory, HistoryWeight>;
 
 /// The ownership rule: owned conversations only for their owner; anonymous ones for anyone.
 fn authorize(conversation: &ConversationRecord, caller: Option<i64>) -> Result<(), AppError> {

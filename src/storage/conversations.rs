@@ -68,6 +68,34 @@ pub async fn name_if_unnamed(db: &Database, id: i64, short_name: &str) -> Result
     })
 }
 
+/// A conversation and how many messages it holds.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VersionedConversation {
+    #[sqlx(flatten)]
+    pub record: ConversationRecord,
+    /// Messages are only ever appended, never edited or deleted, so the set a
+    /// reader can see only grows and its size names it exactly: a history
+    /// read earlier with as many rows is the current one. (The newest id
+    /// would not do on PostgreSQL, where ids can commit out of order.)
+    pub message_count: i64,
+}
+
+/// Finds a conversation by id, deleted or not, with its message count.
+pub async fn find_versioned(
+    db: &Database,
+    id: i64,
+) -> Result<Option<VersionedConversation>, sqlx::Error> {
+    // Counted on messages_conversation_idx (conversation_id, id) alone.
+    let sql = format!(
+        "SELECT {COLUMNS}, \
+         (SELECT COUNT(*) FROM messages WHERE conversation_id = $1) AS message_count \
+         FROM conversations WHERE id = $1"
+    );
+    on_pool!(db, pool => {
+        sqlx::query_as::<_, VersionedConversation>(&sql).bind(id).fetch_optional(pool).await
+    })
+}
+
 /// Finds a conversation by id, deleted or not.
 pub async fn find(db: &Database, id: i64) -> Result<Option<ConversationRecord>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM conversations WHERE id = $1");

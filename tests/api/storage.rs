@@ -206,6 +206,22 @@ async fn two_server_processes_share_one_database() {
     assert_eq!(done.event, "done");
     assert_eq!(done.data["messages"].as_array().expect("messages").len(), 4);
 
+    // ...and read through the first, which still holds the two-message
+    // history from its own turn in its history cache: it sees all four.
+    let history: Value = call(
+        reqwest::Method::GET,
+        &first.address,
+        &format!("/api/chat/messages/{id}"),
+        &token,
+        None,
+    )
+    .await
+    .expect("messages")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(history["data"]["messages"], done.data["messages"]);
+
     // ...listed through the first, deleted through the second.
     let listed: Value = call(
         reqwest::Method::GET,
