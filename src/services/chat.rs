@@ -443,7 +443,11 @@ impl ChatService {
         {
             return Ok(cached.view);
         }
-        Ok(self.view(id).await?.view)
+        let history = self.view(id).await?;
+        // Only what is read here is kept: the histories that end streamed
+        // turns go out in their `done` event and are rarely asked for again.
+        self.histories.insert(id, history.clone());
+        Ok(history.view)
     }
 
     /// The caller's non-deleted conversations, newest first.
@@ -540,7 +544,7 @@ impl ChatService {
         Ok((created, true))
     }
 
-    /// Reads a conversation's history and keeps it in the history cache.
+    /// Reads a conversation's history.
     async fn view(&self, conversation_id: i64) -> Result<CachedHistory, AppError> {
         let records = messages::list(&self.db, conversation_id).await?;
         let history = CachedHistory {
@@ -550,7 +554,6 @@ impl ChatService {
                 conversation_id,
             }),
         };
-        self.histories.insert(conversation_id, history.clone());
         Ok(history)
     }
 }

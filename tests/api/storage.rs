@@ -189,6 +189,25 @@ async fn two_server_processes_share_one_database() {
     .await
     .expect("json");
     let id = created["data"]["conversation_id"].as_i64().expect("id");
+    let read_history = |base: &str| {
+        let request = call(
+            reqwest::Method::GET,
+            base,
+            &format!("/api/chat/messages/{id}"),
+            &token,
+            None,
+        );
+        async move {
+            let answer = request.await.expect("messages");
+            assert_eq!(answer.status(), 200);
+            answer.json::<Value>().await.expect("json")
+        }
+    };
+    let history = read_history(&first.address).await;
+    assert_eq!(
+        history["data"]["messages"].as_array().map(Vec::len),
+        Some(2)
+    );
 
     // ...continued and streamed through the second...
     let streamed = call(
@@ -206,20 +225,9 @@ async fn two_server_processes_share_one_database() {
     assert_eq!(done.event, "done");
     assert_eq!(done.data["messages"].as_array().expect("messages").len(), 4);
 
-    // ...and read through the first, which still holds the two-message
-    // history from its own turn in its history cache: it sees all four.
-    let history: Value = call(
-        reqwest::Method::GET,
-        &first.address,
-        &format!("/api/chat/messages/{id}"),
-        &token,
-        None,
-    )
-    .await
-    .expect("messages")
-    .json()
-    .await
-    .expect("json");
+    // ...and read through the first again, whose history cache still holds
+    // the two messages it read before: it sees all four.
+    let history = read_history(&first.address).await;
     assert_eq!(history["data"]["messages"], done.data["messages"]);
 
     // ...listed through the first, deleted through the second.

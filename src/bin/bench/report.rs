@@ -96,11 +96,69 @@ pub fn machine() -> Vec<(&'static str, String)> {
         ("kernel", kernel),
         ("rustc", rustc),
         ("open files per process", nofile),
+        ("speed reference", speed_reference()),
         (
             "date",
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         ),
     ]
+}
+
+/// Two small fixed workloads, timed when the run ends (nothing else
+/// running), so runs on different days or machines can be compared: the same
+/// build has measured twice as fast on one day as on another on "the same"
+/// 2-core VM. Single-threaded arithmetic, and a 1-byte ping-pong over a
+/// loopback TCP connection (syscalls, wake-ups and the loopback path: what
+/// each streamed token costs most of).
+fn speed_reference() -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    let started = std::time::Instant::now();
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    for _ in 0..50_000_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+    }
+    std::hint::black_box(state);
+    let arithmetic = started.elapsed();
+
+    const ROUND_TRIPS: u32 = 20_000;
+    let ping_pong = || -> std::io::Result<Duration> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut socket, _) = listener.accept()?;
+            socket.set_nodelay(true)?;
+            let mut byte = [0u8; 1];
+            for _ in 0..ROUND_TRIPS {
+                socket.read_exact(&mut byte)?;
+                socket.write_all(&byte)?;
+            }
+            Ok(())
+        });
+        let mut socket = TcpStream::connect(address)?;
+        socket.set_nodelay(true)?;
+        let mut byte = [7u8; 1];
+        let started = std::time::Instant::now();
+        for _ in 0..ROUND_TRIPS {
+            socket.write_all(&byte)?;
+            socket.read_exact(&mut byte)?;
+        }
+        let elapsed = started.elapsed();
+        echo.join()
+            .map_err(|_| std::io::Error::other("echo thread panicked"))??;
+        Ok(elapsed / ROUND_TRIPS)
+    };
+    let round_trip = ping_pong().map_or_else(
+        |err| format!("failed: {err}"),
+        |each| format!("{:.1} µs", each.as_secs_f64() * 1e6),
+    );
+    format!(
+        "50 M xorshift rounds {:.0} ms; loopback TCP 1-byte round trip {round_trip} (lower is faster)",
+        arithmetic.as_secs_f64() * 1e3
+    )
 }
 
 pub fn render(results: &Results) -> String {
