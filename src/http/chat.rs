@@ -20,7 +20,7 @@ use crate::http::AppState;
 use crate::http::envelope::{Envelope, ErrorData, Reply};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, MaybeAuthUser};
 use crate::services::chat::{
-    ConversationSummary, ConversationView, ReplyEvent, TurnOutcome, TurnRequest,
+    ConversationSummary, ConversationView, HistoryJson, ReplyEvent, TurnOutcome, TurnRequest,
 };
 
 /// One-shot chat turns (rate-limited, answered within the request timeout).
@@ -338,7 +338,7 @@ async fn messages(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Reply<Arc<ConversationView>>, AppError> {
+) -> Result<Reply<HistoryJson>, AppError> {
     Ok(Reply::ok(state.chat.messages(caller, id).await?))
 }
 

@@ -425,15 +425,12 @@ impl ChatService {
         }
     }
 
-    /// The client view of a conversation the caller may read. The access
-    /// check reads the conversation's message count along with it; when the
-    /// history cache holds a view of exactly that many messages, it is the
-    /// current history and the message rows are not read again.
-    pub async fn messages(
-        &self,
-        caller: Option<i64>,
-        id: i64,
-    ) -> Result<Arc<ConversationView>, AppError> {
+    /// The client view of a conversation the caller may read, rendered as
+    /// JSON. The access check reads the conversation's message count along
+    /// with it; when the history cache holds a rendering of exactly that many
+    /// messages, it is the current history: the rows are not read again and
+    /// not serialized again.
+    pub async fn messages(&self, caller: Option<i64>, id: i64) -> Result<HistoryJson, AppError> {
         let found = conversations::find_versioned(&self.db, id)
             .await?
             .ok_or(AppError::NotFound("Conversation not found"))?;
@@ -441,13 +438,23 @@ impl ChatService {
         if let Some(cached) = self.histories.get(&id)
             && cached.message_count == found.message_count
         {
-            return Ok(cached.view);
+            return Ok(cached.json);
         }
         let history = self.view(id).await?;
+        let messages = serde_json::value::to_raw_value(&history.view.messages)
+            .map_err(|err| AppError::Internal(format!("rendering a history: {err}")))?;
+        let json = HistoryJson {
+            messages: Arc::from(messages),
+            conversation_id: id,
+        };
         // Only what is read here is kept: the histories that end streamed
         // turns go out in their `done` event and are rarely asked for again.
-        self.histories.insert(id, history.clone());
-        Ok(history.view)
+        let cached = CachedHistory {
+            message_count: history.message_count,
+            json: json.clone(),
+        };
+        self.histories.insert(id, cached);
+        Ok(json)
     }
 
     /// The caller's non-deleted conversations, newest first.
@@ -545,9 +552,9 @@ impl ChatService {
     }
 
     /// Reads a conversation's history.
-    async fn view(&self, conversation_id: i64) -> Result<CachedHistory, AppError> {
+    async fn view(&self, conversation_id: i64) -> Result<ReadHistory, AppError> {
         let records = messages::list(&self.db, conversation_id).await?;
-        let history = CachedHistory {
+        let history = ReadHistory {
             message_count: i64::try_from(records.len()).unwrap_or(i64::MAX),
             view: Arc::new(ConversationView {
                 messages: client_view(&records),
@@ -572,25 +579,37 @@ fn check_usable(
 }
 
 /// A history as read, with the number of stored rows it was built from
-/// (system rows included), the version [`ChatService::messages`] checks.
-#[derive(Clone)]
-struct CachedHistory {
+/// (system rows included): the version [`ChatService::messages`] checks.
+struct ReadHistory {
     message_count: i64,
     view: Arc<ConversationView>,
 }
 
-/// Bytes the history cache may hold, roughly: the text of the messages.
+/// A [`ConversationView`] already rendered: serializes to the same JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryJson {
+    messages: Arc<serde_json::value::RawValue>,
+    conversation_id: i64,
+}
+
+/// A cached rendering and the message count it was read at.
+#[derive(Clone)]
+struct CachedHistory {
+    message_count: i64,
+    json: HistoryJson,
+}
+
+/// Bytes of rendered histories the history cache may hold.
 const HISTORY_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
-/// Weighs a cached history by its text plus a little per message.
+/// Weighs a cached history by its rendered size.
 #[derive(Clone)]
 struct HistoryWeight;
 
 impl quick_cache::Weighter<i64, CachedHistory> for HistoryWeight {
     fn weight(&self, _: &i64, history: &CachedHistory) -> u64 {
-        let messages = &history.view.messages;
-        let text: usize = messages.iter().map(|m| m.content.len() + 64).sum();
-        u64::try_from(text).unwrap_or(u64::MAX).max(1)
+        let bytes = history.json.messages.get().len() + 64;
+        u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 }
 
