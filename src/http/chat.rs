@@ -1,7 +1,6 @@
 //! `/api/chat/*` REST routes and the SSE stream.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -252,7 +251,7 @@ async fn create(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
     ApiJson(body): ApiJson<ChatRequest>,
-) -> Result<Reply<Arc<ConversationView>>, AppError> {
+) -> Result<Reply<ConversationView>, AppError> {
     let view = state.chat.complete_turn(body.into_turn(caller)).await?;
     Ok(Reply::ok(view))
 }

@@ -116,7 +116,7 @@ pub struct TurnRequest {
 /// How a turn began.
 pub enum TurnOutcome {
     /// The guardrails refused the message; the refusal is stored.
-    Refused(Arc<ConversationView>),
+    Refused(ConversationView),
     /// The model is answering.
     Streaming(ReplyStream),
 }
@@ -125,7 +125,7 @@ pub enum TurnOutcome {
 #[derive(Debug, Clone)]
 pub enum ReplyEvent {
     Delta(String),
-    Done(Arc<ConversationView>),
+    Done(ConversationView),
     Failed(Failure),
 }
 
@@ -276,9 +276,8 @@ impl ChatService {
         let slot = self.limits.acquire(request.caller)?;
         let redacted = match guardrails::check(message) {
             Verdict::Refuse { reason, redacted } => {
-                let short_name = prompt::short_name(&redacted);
                 let (conversation, _) = self
-                    .resolve_for_turn(request.caller, request.conversation_id, &short_name)
+                    .resolve_for_turn(request.caller, request.conversation_id, &redacted)
                     .await?;
                 let conversation_id = conversation.id;
                 tracing::info!(conversation_id, ?reason, "guardrails refused a message");
@@ -302,10 +301,9 @@ impl ChatService {
                 None => Vec::new(),
             })
         };
-        let short_name = prompt::short_name(&redacted);
         let conversation_and_history = async {
             let (conversation, created) = self
-                .resolve_for_turn(request.caller, request.conversation_id, &short_name)
+                .resolve_for_turn(request.caller, request.conversation_id, &redacted)
                 .await?;
             // A conversation created just now holds only the system prompt,
             // which `prompt::assemble` uses by default: no read needed.
@@ -393,10 +391,7 @@ impl ChatService {
     }
 
     /// A one-shot turn: the whole answer, then the history (contract: POST /api/chat/create).
-    pub async fn complete_turn(
-        &self,
-        request: TurnRequest,
-    ) -> Result<Arc<ConversationView>, AppError> {
+    pub async fn complete_turn(&self, request: TurnRequest) -> Result<ConversationView, AppError> {
         match self.start_turn(request).await? {
             TurnOutcome::Refused(view) => Ok(view),
             TurnOutcome::Streaming(mut stream) => {
@@ -526,13 +521,13 @@ impl ChatService {
     }
 
     /// `None`, `0` or an unknown id start a new conversation owned by the
-    /// caller, named `short_name` (the turn's message); the flag says whether
-    /// it was created.
+    /// caller and named after `message` (the turn's, redacted), as is a found
+    /// conversation that has no name yet; the flag says whether it was created.
     async fn resolve_for_turn(
         &self,
         caller: Option<i64>,
         requested: Option<i64>,
-        short_name: &str,
+        message: &str,
     ) -> Result<(ConversationRecord, bool), AppError> {
         if let Some(id) = requested.filter(|id| *id > 0)
             && let Some(conversation) = conversations::find(&self.db, id).await?
@@ -542,12 +537,14 @@ impl ChatService {
                 return Err(AppError::BadRequest("Conversation is deleted"));
             }
             if conversation.short_name.is_none() {
-                conversations::name_if_unnamed(&self.db, conversation.id, short_name).await?;
+                let short_name = prompt::short_name(message);
+                conversations::name_if_unnamed(&self.db, conversation.id, &short_name).await?;
             }
             return Ok((conversation, false));
         }
+        let short_name = prompt::short_name(message);
         let created =
-            conversations::create(&self.db, caller, short_name, prompt::SYSTEM_PROMPT).await?;
+            conversations::create(&self.db, caller, &short_name, prompt::SYSTEM_PROMPT).await?;
         Ok((created, true))
     }
 
@@ -556,10 +553,10 @@ impl ChatService {
         let records = messages::list(&self.db, conversation_id).await?;
         let history = ReadHistory {
             message_count: i64::try_from(records.len()).unwrap_or(i64::MAX),
-            view: Arc::new(ConversationView {
+            view: ConversationView {
                 messages: client_view(&records),
                 conversation_id,
-            }),
+            },
         };
         Ok(history)
     }
@@ -582,7 +579,7 @@ fn check_usable(
 /// (system rows included): the version [`ChatService::messages`] checks.
 struct ReadHistory {
     message_count: i64,
-    view: Arc<ConversationView>,
+    view: ConversationView,
 }
 
 /// A [`ConversationView`] already rendered: serializes to the same JSON.
