@@ -525,9 +525,51 @@ async fn ws_answers_pings_and_closes_idle_sockets() {
     assert_eq!(app.openai.request_count(), 0);
 }
 
-/// Open file descriptors of this process (server and fakes run in it).
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+/// Open descriptors of this app: sockets whose TCP connection has the
+/// server or one of its fake upstreams at either end. The whole process is
+/// not a measure: the other tests of this binary run beside this one.
+fn app_descriptors(ports: &[u16]) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port_in = |address: &str| {
+                address
+                    .rsplit(':')
+                    .next()
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+            };
+            let ours = fields[1..=2]
+                .iter()
+                .any(|address| port_in(address).is_some_and(|port| ports.contains(&port)));
+            if ours && fields.len() > 9 {
+                inodes.insert(fields[9].to_string());
+            }
+        }
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            target
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+                .is_some_and(|inode| inodes.contains(inode))
+        })
+        .count()
+}
+
+fn port_of(base_url: &str) -> u16 {
+    url::Url::parse(base_url)
+        .ok()
+        .and_then(|url| url.port())
+        .expect("fake upstream URL has a port")
 }
 
 fn alive_tasks() -> usize {
@@ -563,14 +605,19 @@ async fn stream_batch(app: &crate::helpers::TestApp, count: usize, concurrency: 
 async fn a_thousand_streams_leave_no_descriptors_or_tasks_behind() {
     let app = spawn_app().await;
     app.openai.behave(Behaviour::EchoQuestion);
+    let ports = [
+        app.port,
+        port_of(&app.openai.base_url),
+        port_of(&app.pinecone.base_url),
+    ];
     stream_batch(&app, 100, 50).await;
-    let (idle_fds, idle_tasks) = settled().await;
+    let (idle_fds, idle_tasks) = settled(&ports).await;
     stream_batch(&app, 600, 50).await;
     app.openai.behave(Behaviour::DropAfter {
         tokens: vec!["cut".into(), " short".into()],
     });
     stream_batch(&app, 300, 50).await;
-    let (fds, tasks) = settled().await;
+    let (fds, tasks) = settled(&ports).await;
     println!("after 1,000 streams: fds {fds} (idle {idle_fds}), tasks {tasks} (idle {idle_tasks})");
     // Idle keep-alive connections to the in-process fakes (two tasks and two
     // descriptors each) number up to the concurrency, give or take a few
@@ -590,14 +637,14 @@ const LEAK_SLACK: usize = 24;
 
 /// Descriptor and task counts once they have stopped falling: unchanged over
 /// a second (or after ten seconds), so that closed connections have gone.
-async fn settled() -> (usize, usize) {
+async fn settled(ports: &[u16]) -> (usize, usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut reading = (open_fds(), alive_tasks());
+    let mut reading = (app_descriptors(ports), alive_tasks());
     let mut unchanged = 0;
     while unchanged < 10 && tokio::time::Instant::now() < deadline {
         // Polling a process-wide counter: there is no event to await.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let next = (open_fds(), alive_tasks());
+        let next = (app_descriptors(ports), alive_tasks());
         unchanged = if next == reading { unchanged + 1 } else { 0 };
         reading = next;
     }
