@@ -20,6 +20,7 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    tokio::spawn(log_memory_on_sigusr1());
     let result = match std::env::args().nth(1).as_deref() {
         Some("migrate") => startup::open_database(&config).await.map(|_| {
             tracing::info!("migrations applied");
@@ -43,4 +44,41 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kill -USR1 <pid>` logs the allocator's view of memory: what the program
+/// holds (`allocated`) against what it keeps resident, so an operator can
+/// tell a leak from memory held for reuse.
+async fn log_memory_on_sigusr1() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut signals) = signal(SignalKind::user_defined1()) else {
+        tracing::warn!("SIGUSR1 handler not installed: memory statistics unavailable");
+        return;
+    };
+    while signals.recv().await.is_some() {
+        match memory_stats() {
+            Ok(stats) => tracing::info!(
+                allocated_kib = stats[0] / 1024,
+                active_kib = stats[1] / 1024,
+                resident_kib = stats[2] / 1024,
+                metadata_kib = stats[3] / 1024,
+                retained_kib = stats[4] / 1024,
+                "memory statistics"
+            ),
+            Err(err) => tracing::warn!(error = %err, "memory statistics unavailable"),
+        }
+    }
+}
+
+/// Allocated, active, resident, metadata and retained bytes, freshly sampled.
+fn memory_stats() -> Result<[usize; 5], tikv_jemalloc_ctl::Error> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance()?;
+    Ok([
+        stats::allocated::read()?,
+        stats::active::read()?,
+        stats::resident::read()?,
+        stats::metadata::read()?,
+        stats::retained::read()?,
+    ])
 }

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::clients::model::ModelClient;
 use crate::clients::retrieval::RetrievalClient;
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::{self, AppServices, AppState};
 use crate::services::auth::AuthService;
 use crate::services::chat::{ChatService, ChatSettings};
 use crate::storage::{Database, PoolSettings};
@@ -102,13 +102,13 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let state = AppState {
+        let state = AppState::new(AppServices {
             config: Arc::new(config),
             auth,
             chat,
             shutdown: CancellationToken::new(),
             tasks: tasks.clone(),
-        };
+        });
         tracing::info!(backend = db.backend_name(), "database ready");
         Ok(Self {
             listener,

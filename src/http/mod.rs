@@ -37,9 +37,28 @@ use crate::config::{Config, CorsOrigins};
 use crate::services::auth::AuthService;
 use crate::services::chat::ChatService;
 
-/// Everything a handler needs; cheap to clone.
+/// Everything a handler needs. Axum clones the state for every request, so
+/// it is one shared pointer: the services it holds own keys, URLs and
+/// configuration strings that would otherwise be copied each time.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppServices>);
+
+impl AppState {
+    pub fn new(services: AppServices) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppServices;
+
+    fn deref(&self) -> &AppServices {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct AppServices {
     pub config: Arc<Config>,
     pub auth: AuthService,
     pub chat: ChatService,

@@ -241,6 +241,7 @@ async fn run(options: Options) -> Result<(), String> {
     bench.warm_up().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     results.memory.warm_kib = bench.server.stats().rss_kib;
+    results.memory.warm_allocator = bench.server.allocator_stats().await;
     println!("RSS after warm-up: {} KiB", results.memory.warm_kib);
 
     let sections = &options.sections;
@@ -324,6 +325,7 @@ async fn run(options: Options) -> Result<(), String> {
     let settle = Duration::from_secs(5);
     tokio::time::sleep(settle).await;
     results.memory.after_kib = Some(bench.server.stats().rss_kib);
+    results.memory.after_allocator = bench.server.allocator_stats().await;
     results.memory.after_settle = settle;
     let (completions, searches) = bench.fake.counts();
     results.notes.push(format!(

@@ -18,6 +18,9 @@ pub struct Memory {
     pub warm_kib: u64,
     pub after_kib: Option<u64>,
     pub after_settle: Duration,
+    /// The allocator's own view after the warm-up and after the run.
+    pub warm_allocator: Option<crate::server::AllocatorStats>,
+    pub after_allocator: Option<crate::server::AllocatorStats>,
 }
 
 /// Everything measured in one run.
@@ -348,12 +351,16 @@ while one more connection sends `GET /health` every 5 ms.\n\n\
     let memory = &results.memory;
     let _ = writeln!(
         w,
-        "\n## 6. Server memory (RSS)\n\n| moment | RSS |\n|---|---:|\n\
-| idle after startup | {} |\n| after the warm-up (seeding, 1–2 s of requests, 400 streams), idle | {} |\n| after the run, idle ({} later) | {} |",
+        "\n## 6. Server memory (RSS)\n\nAllocated and allocator-resident: jemalloc's `stats.allocated` (what the program holds) and `stats.resident` (pages it keeps, including its metadata), logged by the server on SIGUSR1. RSS also counts the binary's code, thread stacks and SQLite's page caches (glibc malloc).\n\n| moment | RSS | allocated | allocator-resident |\n|---|---:|---:|---:|\n\
+| idle after startup | {} | | |\n| after the warm-up (seeding, 1–2 s of requests, 400 streams), idle | {} | {} | {} |\n| after the run, idle ({} later) | {} | {} | {} |",
         mib(memory.startup_kib),
         mib(memory.warm_kib),
+        allocator(memory.warm_allocator, |s| s.allocated_kib),
+        allocator(memory.warm_allocator, |s| s.resident_kib),
         duration(memory.after_settle),
         memory.after_kib.map_or("not measured".into(), mib),
+        allocator(memory.after_allocator, |s| s.allocated_kib),
+        allocator(memory.after_allocator, |s| s.resident_kib),
     );
 
     let _ = writeln!(
@@ -561,4 +568,11 @@ fn budget(results: &Results) -> Vec<Line> {
             .map(|after| (after as f64) <= memory.warm_kib as f64 * 1.10),
     ));
     lines
+}
+
+fn allocator(
+    stats: Option<crate::server::AllocatorStats>,
+    field: impl Fn(&crate::server::AllocatorStats) -> u64,
+) -> String {
+    stats.map_or("–".into(), |stats| mib(field(&stats)))
 }

@@ -14,6 +14,15 @@ pub struct Server {
     pub log: PathBuf,
 }
 
+/// What the server's allocator reports, KiB.
+#[derive(Debug, Clone, Copy)]
+pub struct AllocatorStats {
+    /// Bytes the program holds.
+    pub allocated_kib: u64,
+    /// Pages the allocator keeps mapped and resident (includes `allocated`).
+    pub resident_kib: u64,
+}
+
 /// A snapshot of the server process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcStats {
@@ -155,6 +164,40 @@ impl Server {
     /// Resets the peak RSS (`VmHWM`) so the next reading is the peak of what follows.
     pub fn reset_peak(&self) -> bool {
         std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5").is_ok()
+    }
+
+    /// The allocator's statistics (KiB), from the log line the server writes
+    /// on SIGUSR1: what it holds against what it keeps resident.
+    pub async fn allocator_stats(&self) -> Option<AllocatorStats> {
+        let count = |text: &str| text.matches("memory statistics").count();
+        let before = count(&std::fs::read_to_string(&self.log).unwrap_or_default());
+        Command::new("kill")
+            .args(["-USR1", &self.pid.to_string()])
+            .status()
+            .ok()?;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if count(&text) > before {
+                let line = strip_ansi(
+                    text.lines()
+                        .rev()
+                        .find(|line| line.contains("memory statistics"))?,
+                );
+                let field = |name: &str| -> Option<u64> {
+                    let rest = line.split_once(&format!("{name}="))?.1;
+                    rest.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()
+                };
+                return Some(AllocatorStats {
+                    allocated_kib: field("allocated_kib")?,
+                    resident_kib: field("resident_kib")?,
+                });
+            }
+        }
+        None
     }
 
     /// SIGTERM (graceful shutdown), then SIGKILL after 35 s.
