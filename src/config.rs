@@ -114,6 +114,8 @@ pub struct PineconeConfig {
     pub category_field: String,
     pub api_version: String,
     pub timeout: Duration,
+    /// Searches carried at once by one connection before another is opened.
+    pub streams_per_connection: usize,
 }
 
 /// OpenAI-compatible model settings.
@@ -127,6 +129,8 @@ pub struct ModelConfig {
     pub idle_timeout: Duration,
     /// Longest a whole answer may take.
     pub total_timeout: Duration,
+    /// Answers streamed at once over one connection before another is opened.
+    pub streams_per_connection: usize,
 }
 
 /// Everything the server reads from the environment.
@@ -186,6 +190,11 @@ impl Config {
     /// Builds the configuration from any variable lookup (tests pass a map).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
+        // HTTP/2 servers must allow at least 100 concurrent streams per
+        // connection (RFC 9113 recommends no fewer); beyond their limit a
+        // request would wait for another to finish.
+        let streams_per_connection =
+            env.parse_in("UPSTREAM_STREAMS_PER_CONNECTION", 100, 1..=1_000_000)?;
         let pinecone_key = env.optional("PINECONE_API_KEY");
         let pinecone_host = env.optional("PINECONE_HOST");
         let pinecone = match (pinecone_key, pinecone_host) {
@@ -205,6 +214,7 @@ impl Config {
                     5000,
                     1..=120_000,
                 )?),
+                streams_per_connection,
             }),
             _ => None,
         };
@@ -232,6 +242,7 @@ impl Config {
                 300,
                 1..=86_400,
             )?),
+            streams_per_connection,
         };
         let database_url = env.string("DATABASE_URL", "sqlite:///./chat.db");
         let database = DatabaseTarget::parse(&database_url).map_err(|reason| ConfigError {
@@ -476,6 +487,7 @@ mod tests {
         assert!(config.pinecone.is_none());
         assert!(config.model.api_key.is_none());
         assert_eq!(config.model.model, "gpt-4o");
+        assert_eq!(config.model.streams_per_connection, 100);
         assert!(config.uses_default_jwt_secret());
         assert_eq!(config.cors_allow_origins, CorsOrigins::Any);
     }
@@ -489,6 +501,7 @@ mod tests {
             ("OPENAI_BASE_URL", "not a url"),
             ("BCRYPT_COST", "2"),
             ("MAX_BODY_BYTES", "-1"),
+            ("UPSTREAM_STREAMS_PER_CONNECTION", "0"),
         ] {
             let err = load(&[(name, value)]).expect_err(name);
             assert_eq!(err.variable, name);

@@ -5,6 +5,7 @@
 //! ways (e.g. an empty `finish_reason`) that strict types would reject.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_openai::Client;
@@ -14,6 +15,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::clients::connections::Connections;
 use crate::clients::model_http::ModelHttp;
 use crate::config::ModelConfig;
 
@@ -119,18 +121,21 @@ impl ModelClient {
         let openai_config = OpenAIConfig::default()
             .with_api_key(api_key.expose())
             .with_api_base(&config.base_url);
-        // No total timeout on the HTTP client: it would cap every stream.
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
+        let connect_timeout = config.connect_timeout;
+        let connections = Connections::new(config.streams_per_connection, move || {
+            // No total timeout on the HTTP client: it would cap every stream.
+            reqwest::Client::builder()
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build()
+        })?;
         Ok(Some(Self {
             // Our reqwest service (see `model_http`), without async-openai's built-in retry
             // layer (3 retries, honouring long Retry-After on 429): we retry a
             // 5xx or a failed connect once ourselves and turn a 429 into a 503.
-            client: Client::build(http.clone(), openai_config)
-                .with_http_service(ModelHttp::new(http)),
+            client: Client::build(connections.first_client(), openai_config)
+                .with_http_service(ModelHttp::new(Arc::new(connections))),
             model: config.model.clone(),
             idle_timeout: config.idle_timeout,
             total_timeout: config.total_timeout,

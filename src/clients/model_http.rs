@@ -14,8 +14,12 @@
 //! dropped body is read to its end in the background (briefly) instead.
 //! A body dropped before `[DONE]` (the client went away) is still reset at
 //! once: that is what cancels the upstream answer.
+//!
+//! Requests are spread over [`Connections`] lanes; a body holds its lane slot
+//! until it has been read to the end or dropped.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,19 +29,21 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
+use crate::clients::connections::{Connections, LaneSlot};
+
 /// How long a finished answer's stream may take to deliver its last frame.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A tower service for async-openai: plain reqwest (no retry layer; the model
-/// client retries itself), with [`FinishAfterDone`] bodies.
+/// client retries itself) over [`Connections`], with [`FinishAfterDone`] bodies.
 #[derive(Clone, Debug)]
 pub(crate) struct ModelHttp {
-    client: reqwest::Client,
+    connections: Arc<Connections>,
 }
 
 impl ModelHttp {
-    pub(crate) fn new(client: reqwest::Client) -> Self {
-        Self { client }
+    pub(crate) fn new(connections: Arc<Connections>) -> Self {
+        Self { connections }
     }
 }
 
@@ -52,10 +58,12 @@ impl tower::Service<HttpRequestFactory> for ModelHttp {
     }
 
     fn call(&mut self, factory: HttpRequestFactory) -> Self::Future {
-        let client = self.client.clone();
+        let connections = Arc::clone(&self.connections);
         Box::pin(async move {
             let request = factory.build().await?;
-            let response = client
+            let slot = connections.acquire().map_err(OpenAIError::Reqwest)?;
+            let response = slot
+                .client()
                 .execute(request)
                 .await
                 .map_err(OpenAIError::Reqwest)?;
@@ -63,6 +71,7 @@ impl tower::Service<HttpRequestFactory> for ModelHttp {
             Ok(reqwest::Response::from(response.map(|body| {
                 reqwest::Body::wrap(FinishAfterDone {
                     inner: Some(body),
+                    slot: Some(slot),
                     saw_done: false,
                     ended: false,
                 })
@@ -75,6 +84,8 @@ impl tower::Service<HttpRequestFactory> for ModelHttp {
 /// reads the rest in a background task instead of resetting the stream.
 struct FinishAfterDone {
     inner: Option<reqwest::Body>,
+    /// Freed when the body ends, or after the background read.
+    slot: Option<LaneSlot>,
     saw_done: bool,
     ended: bool,
 }
@@ -93,7 +104,10 @@ impl Body for FinishAfterDone {
         };
         let polled = Pin::new(inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(None) => {
+                this.ended = true;
+                this.slot = None;
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref()
                     && data.windows(6).any(|window| window == b"[DONE]")
@@ -127,7 +141,9 @@ impl Drop for FinishAfterDone {
         else {
             return;
         };
+        let slot = self.slot.take();
         runtime.spawn(async move {
+            let _slot = slot;
             let rest = async { while let Some(Ok(_)) = body.frame().await {} };
             // On timeout the body is dropped, i.e. reset after all.
             let _ = tokio::time::timeout(FINISH_TIMEOUT, rest).await;

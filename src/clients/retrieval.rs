@@ -1,9 +1,12 @@
 //! Pinecone records-search client (REST, integrated embedding).
 
+use std::sync::Arc;
+
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::clients::connections::Connections;
 use crate::config::PineconeConfig;
 
 /// Characters left as-is in a path segment (RFC 3986 unreserved).
@@ -24,7 +27,7 @@ pub struct Passage {
 /// Searches one Pinecone namespace.
 #[derive(Clone, Debug)]
 pub struct RetrievalClient {
-    http: reqwest::Client,
+    connections: Arc<Connections>,
     search_url: String,
     config: PineconeConfig,
 }
@@ -67,17 +70,20 @@ struct Hit {
 
 impl RetrievalClient {
     pub fn new(config: PineconeConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .build()?;
+        let timeout = config.timeout;
+        let connections = Connections::new(config.streams_per_connection, move || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .build()
+        })?;
         let search_url = format!(
             "{}/records/namespaces/{}/search",
             config.base_url,
             utf8_percent_encode(&config.namespace, PATH_SEGMENT)
         );
         Ok(Self {
-            http,
+            connections: Arc::new(connections),
             search_url,
             config,
         })
@@ -103,8 +109,13 @@ impl RetrievalClient {
             },
             fields: [&self.config.text_field, &self.config.category_field],
         };
-        let response = self
-            .http
+        // Held until the response has been read.
+        let slot = self
+            .connections
+            .acquire()
+            .map_err(|err| format!("no connection: {err}"))?;
+        let response = slot
+            .client()
             .post(&self.search_url)
             .header("Api-Key", self.config.api_key.expose())
             .header("X-Pinecone-API-Version", &self.config.api_version)

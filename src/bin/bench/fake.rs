@@ -70,6 +70,9 @@ struct Answer {
     text: Arc<str>,
 }
 
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` of the fake's HTTP/2 connections.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+
 struct FakeState {
     answer: RwLock<Answer>,
     timings: Mutex<HashMap<String, Timing>>,
@@ -77,6 +80,8 @@ struct FakeState {
     search_body: Bytes,
     completions: AtomicU64,
     searches: AtomicU64,
+    /// TCP connections accepted, on both listeners.
+    connections: AtomicU64,
 }
 
 /// Both fakes, running on loopback inside the bench process.
@@ -104,6 +109,7 @@ impl Fake {
             search_body: search_body(),
             completions: AtomicU64::new(0),
             searches: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(completions))
@@ -122,8 +128,9 @@ impl Fake {
             tls,
             router.clone(),
             Some(TlsAcceptor::from(Arc::new(tls_config))),
+            state.clone(),
         ));
-        tokio::spawn(serve(plain, router, None));
+        tokio::spawn(serve(plain, router, None, state.clone()));
         Ok(Self {
             tls_addr,
             plain_addr,
@@ -158,11 +165,12 @@ impl Fake {
         self.state.prompts.lock().expect("lock").clear();
     }
 
-    /// (chat completions, searches) served so far.
-    pub fn counts(&self) -> (u64, u64) {
+    /// (chat completions, searches, connections accepted) so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
         (
             self.state.completions.load(Ordering::Relaxed),
             self.state.searches.load(Ordering::Relaxed),
+            self.state.connections.load(Ordering::Relaxed),
         )
     }
 }
@@ -422,7 +430,12 @@ async fn search(State(state): State<Arc<FakeState>>, body: Bytes) -> Response {
         .into_response()
 }
 
-async fn serve(listener: TcpListener, router: Router, tls: Option<TlsAcceptor>) {
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<TlsAcceptor>,
+    state: Arc<FakeState>,
+) {
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -432,13 +445,18 @@ async fn serve(listener: TcpListener, router: Router, tls: Option<TlsAcceptor>) 
                 continue;
             }
         };
+        state.connections.fetch_add(1, Ordering::Relaxed);
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let tls = tls.clone();
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            // One HTTP/2 connection may carry every stream of the run.
-            builder.http2().max_concurrent_streams(1_000_000);
+            // What HTTP/2 servers are asked to allow at least (RFC 9113):
+            // more concurrent requests need more connections, as with the
+            // CDNs and load balancers in front of the real upstreams.
+            builder
+                .http2()
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
             let _ = match tls {
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {

@@ -174,7 +174,7 @@ async fn run(options: Options) -> Result<(), String> {
     let (upstream, upstream_name) = if options.upstream_h2 {
         (
             format!("https://{}", fake.tls_addr),
-            "TLS 1.3 + HTTP/2 via ALPN, as api.openai.com and Pinecone are reached; the server's HTTP clients multiplex every request on one connection each",
+            "TLS 1.3 + HTTP/2 via ALPN, as api.openai.com and Pinecone are reached, allowing 100 concurrent streams per connection (the least RFC 9113 asks servers to allow); the server multiplexes up to `UPSTREAM_STREAMS_PER_CONNECTION` (100) requests on each connection and opens another when those are full",
         )
     } else {
         (
@@ -327,9 +327,12 @@ async fn run(options: Options) -> Result<(), String> {
     results.memory.after_kib = Some(bench.server.stats().rss_kib);
     results.memory.after_allocator = bench.server.allocator_stats().await;
     results.memory.after_settle = settle;
-    let (completions, searches) = bench.fake.counts();
+    let (completions, searches, connections) = bench.fake.counts();
     results.notes.push(format!(
-        "The fake upstream served {completions} chat completions and {searches} searches in this run."
+        "The fake upstream served {completions} chat completions and {searches} searches in this run, \
+         over {connections} connections (it allows {} concurrent streams per HTTP/2 connection; \
+         the server opens another connection when its open ones are full).",
+        fake::MAX_STREAMS_PER_CONNECTION
     ));
     if !options.sections.is_superset(&(1..=6).collect()) {
         results
