@@ -11,17 +11,29 @@
 //! client (one HTTP/2 connection), and a request takes the first lane that
 //! has room, opening a new one when none has.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// Builds one more client (its own connection pool), configured alike.
-type BuildClient = dyn Fn() -> Result<reqwest::Client, reqwest::Error> + Send + Sync;
+use hyper_util::client::legacy::connect::Connection;
+use tokio::sync::Notify;
+
+/// How long the connection of a lane other than the first may stay idle.
+const PEAK_LANE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Configures one more client (its own connection pool), alike.
+type ConfigureClient = dyn Fn() -> reqwest::ClientBuilder + Send + Sync;
 
 /// The lanes to one upstream.
 pub struct Connections {
-    build: Box<BuildClient>,
+    configure: Box<ConfigureClient>,
     per_connection: usize,
     lanes: RwLock<Vec<Arc<Lane>>>,
+    /// Told when a lane has connected or its first request gave up.
+    lane_news: Arc<Notify>,
+    /// Learned from the first connection's ALPN: the upstream speaks HTTP/2,
+    /// so lanes opened later say so from the start, and hyper then makes one
+    /// connection per lane even when a burst arrives as it reconnects.
+    speaks_h2: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Connections {
@@ -36,11 +48,23 @@ impl std::fmt::Debug for Connections {
 struct Lane {
     client: reqwest::Client,
     in_flight: AtomicUsize,
+    /// Set when the lane's client has established a connection. Until then
+    /// the lane carries one request: hyper learns that a TLS connection
+    /// speaks HTTP/2 only once it is up (ALPN), so requests sent meanwhile
+    /// would each open a connection of their own (measured: 804 connections
+    /// for about 200 lanes in a bench run).
+    connected: Arc<AtomicBool>,
+    lane_news: Arc<Notify>,
 }
 
 impl Lane {
-    /// Takes a slot when fewer than `limit` are taken.
+    /// Takes a slot when fewer than `limit` are taken (one while connecting).
     fn try_take(self: &Arc<Self>, limit: usize) -> Option<LaneSlot> {
+        let limit = if self.connected.load(Ordering::Acquire) {
+            limit
+        } else {
+            1
+        };
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
                 (taken < limit).then_some(taken + 1)
@@ -63,6 +87,10 @@ impl LaneSlot {
 impl Drop for LaneSlot {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.0.connected.load(Ordering::Acquire) {
+            // The first request failed: a waiting one may try to connect.
+            self.0.lane_news.notify_waiters();
+        }
     }
 }
 
@@ -71,77 +99,134 @@ impl Connections {
     /// so that a bad client configuration stops startup.
     pub fn new(
         per_connection: usize,
-        build: impl Fn() -> Result<reqwest::Client, reqwest::Error> + Send + Sync + 'static,
+        configure: impl Fn() -> reqwest::ClientBuilder + Send + Sync + 'static,
     ) -> Result<Self, reqwest::Error> {
-        let first = build()?;
+        let lane_news = Arc::new(Notify::new());
+        let speaks_h2 = Arc::new(AtomicBool::new(false));
+        let first = new_lane(configure(), &lane_news, &speaks_h2, 0)?;
         Ok(Self {
-            build: Box::new(build),
+            configure: Box::new(configure),
             per_connection: per_connection.max(1),
-            lanes: RwLock::new(vec![Arc::new(Lane {
-                client: first,
-                in_flight: AtomicUsize::new(0),
-            })]),
+            lanes: RwLock::new(vec![Arc::new(first)]),
+            lane_news,
+            speaks_h2,
         })
     }
 
     /// The first client, for uses that need one outside a request.
     pub fn first_client(&self) -> reqwest::Client {
-        let lanes = self
-            .lanes
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        lanes[0].client.clone()
+        self.read_lanes()[0].client.clone()
     }
 
-    /// A slot on the first lane with room, on a new lane when all are full.
-    /// Lanes are kept once opened (an idle one's connection closes after the
-    /// client's pool idle timeout); filling the first ones first lets the
-    /// others go idle when the load drops.
-    pub fn acquire(&self) -> Result<LaneSlot, reqwest::Error> {
-        if let Some(slot) = self.try_existing() {
-            return Ok(slot);
+    /// A slot on the first lane with room; when all are full, on a new lane,
+    /// unless one is still connecting: then this waits for it, as its
+    /// connection will have room. Lanes are kept once opened (an idle one's
+    /// connection closes after the client's pool idle timeout); filling the
+    /// first ones first lets the others go idle when the load drops.
+    pub async fn acquire(&self) -> Result<LaneSlot, reqwest::Error> {
+        loop {
+            // Registered before looking, so that news arriving in between is not missed.
+            let news = self.lane_news.notified();
+            tokio::pin!(news);
+            news.as_mut().enable();
+            let connecting = {
+                let lanes = self.read_lanes();
+                if let Some(slot) = self.take_existing(&lanes) {
+                    return Ok(slot);
+                }
+                lanes
+                    .iter()
+                    .any(|lane| !lane.connected.load(Ordering::Acquire))
+            };
+            if connecting {
+                news.await;
+                continue;
+            }
+            let mut lanes = self
+                .lanes
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Another request may have opened a lane while this one waited for the lock.
+            if lanes
+                .iter()
+                .any(|lane| !lane.connected.load(Ordering::Acquire))
+            {
+                continue;
+            }
+            if let Some(slot) = self.take_existing(&lanes) {
+                return Ok(slot);
+            }
+            // Born holding this request's slot.
+            // Lanes beyond the first serve peaks: their connections close soon after.
+            let mut configured = (self.configure)().pool_idle_timeout(PEAK_LANE_IDLE_TIMEOUT);
+            if self.speaks_h2.load(Ordering::Acquire) {
+                configured = configured.http2_prior_knowledge();
+            }
+            let lane = Arc::new(new_lane(configured, &self.lane_news, &self.speaks_h2, 1)?);
+            lanes.push(Arc::clone(&lane));
+            tracing::debug!(
+                lanes = lanes.len(),
+                "opened another upstream connection lane"
+            );
+            return Ok(LaneSlot(lane));
         }
-        let mut lanes = self
-            .lanes
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Another request may have opened a lane while this one waited for the lock.
-        if let Some(slot) = lanes
-            .iter()
-            .find_map(|lane| lane.try_take(self.per_connection))
-        {
-            return Ok(slot);
-        }
-        // Born holding this request's slot.
-        let lane = Arc::new(Lane {
-            client: (self.build)()?,
-            in_flight: AtomicUsize::new(1),
-        });
-        lanes.push(Arc::clone(&lane));
-        tracing::debug!(
-            lanes = lanes.len(),
-            "opened another upstream connection lane"
-        );
-        Ok(LaneSlot(lane))
     }
 
-    fn try_existing(&self) -> Option<LaneSlot> {
-        let lanes = self
-            .lanes
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn take_existing(&self, lanes: &[Arc<Lane>]) -> Option<LaneSlot> {
         lanes
             .iter()
             .find_map(|lane| lane.try_take(self.per_connection))
     }
 
-    /// How many lanes (clients) are open.
-    pub fn lane_count(&self) -> usize {
+    fn read_lanes(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Lane>>> {
         self.lanes
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
     }
+
+    /// How many lanes (clients) are open.
+    pub fn lane_count(&self) -> usize {
+        self.read_lanes().len()
+    }
+}
+
+/// A lane whose client reports its first connection to `lane_news`.
+fn new_lane(
+    configured: reqwest::ClientBuilder,
+    lane_news: &Arc<Notify>,
+    speaks_h2: &Arc<AtomicBool>,
+    in_flight: usize,
+) -> Result<Lane, reqwest::Error> {
+    let connected = Arc::new(AtomicBool::new(false));
+    let report = {
+        let connected = Arc::clone(&connected);
+        let lane_news = Arc::clone(lane_news);
+        let speaks_h2 = Arc::clone(speaks_h2);
+        // Runs when a connection (TCP and TLS) is up, before hyper puts it in the pool.
+        move |connection| {
+            if negotiated_h2(&connection) {
+                speaks_h2.store(true, Ordering::Release);
+            }
+            if !connected.swap(true, Ordering::AcqRel) {
+                lane_news.notify_waiters();
+            }
+            connection
+        }
+    };
+    let client = configured
+        .connector_layer(tower::util::MapResponseLayer::new(report))
+        .build()?;
+    Ok(Lane {
+        client,
+        in_flight: AtomicUsize::new(in_flight),
+        connected,
+        lane_news: Arc::clone(lane_news),
+    })
+}
+
+/// Whether TLS negotiated HTTP/2 (ALPN) on a new connection.
+fn negotiated_h2(connection: &impl Connection) -> bool {
+    connection.connected().is_negotiated_h2()
 }
 
 #[cfg(test)]
@@ -153,18 +238,27 @@ mod tests {
     use http_body_util::Full;
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
     use tokio::net::TcpListener;
     use tokio::sync::watch;
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::rustls;
 
     use super::*;
 
-    /// An HTTP/2 (cleartext) server allowing `max_streams` per connection whose
-    /// answers all wait until `total` requests have arrived: it answers only
-    /// if they were all in flight at once. Returns its URL and a counter of
-    /// accepted connections.
-    async fn server_holding_answers(max_streams: u32, total: usize) -> (String, Arc<AtomicUsize>) {
+    /// An HTTP/2 server allowing `max_streams` per connection whose answers
+    /// all wait until `total` requests have arrived: it answers only if they
+    /// were all in flight at once. Over TLS (ALPN h2 or http/1.1, as real
+    /// upstreams) when `tls` is given, else cleartext HTTP/2. Returns its
+    /// URL and a counter of accepted connections.
+    async fn server_holding_answers(
+        max_streams: u32,
+        total: usize,
+        tls: Option<TlsAcceptor>,
+    ) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/", listener.local_addr().expect("address"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/", listener.local_addr().expect("address"));
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::clone(&connections);
         let (arrived, _) = watch::channel(0_usize);
@@ -181,37 +275,62 @@ mod tests {
                         Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("ok"))))
                     }
                 });
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .max_concurrent_streams(max_streams)
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http2().max_concurrent_streams(max_streams);
+                    let _ = match tls {
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(stream) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                        None => {
+                            builder
+                                .http2_only()
+                                .serve_connection(TokioIo::new(tcp), service)
+                                .await
+                        }
+                    };
                 });
             }
         });
         (url, connections)
     }
 
-    #[tokio::test]
-    async fn requests_beyond_the_per_connection_limit_go_out_on_new_connections() {
-        const TOTAL: usize = 5;
-        let (url, accepted) = server_holding_answers(2, TOTAL).await;
-        let connections = Arc::new(
-            Connections::new(2, || {
-                reqwest::Client::builder().http2_prior_knowledge().build()
-            })
-            .expect("client"),
-        );
-        let requests = (0..TOTAL).map(|_| {
-            let connections = Arc::clone(&connections);
-            let url = url.clone();
+    /// A TLS acceptor offering h2 and http/1.1 with a self-signed certificate
+    /// for 127.0.0.1, and that certificate for the client to trust.
+    fn tls() -> (TlsAcceptor, reqwest::Certificate) {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let trusted = reqwest::Certificate::from_der(certified.cert.der()).expect("certificate");
+        (TlsAcceptor::from(Arc::new(config)), trusted)
+    }
+
+    /// Sends `total` requests at once through `connections`; all must be answered.
+    async fn send_all_at_once(connections: &Arc<Connections>, url: &str, total: usize) {
+        let requests = (0..total).map(|_| {
+            let connections = Arc::clone(connections);
+            let url = url.to_string();
             tokio::spawn(async move {
-                let slot = connections.acquire()?;
+                let slot = connections.acquire().await?;
                 slot.client().get(&url).send().await?.text().await
             })
         });
-        // With every request on one connection the server would see two of
-        // them and hold both forever.
+        // Requests that cannot all be in flight at once are never answered.
         let answers =
             tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(requests))
                 .await
@@ -219,32 +338,85 @@ mod tests {
         for answer in answers {
             assert_eq!(answer.expect("task").expect("request"), "ok");
         }
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_per_connection_limit_go_out_on_new_connections() {
+        const TOTAL: usize = 5;
+        let (url, accepted) = server_holding_answers(2, TOTAL, None).await;
+        let connections = Arc::new(
+            Connections::new(2, || reqwest::Client::builder().http2_prior_knowledge())
+                .expect("client"),
+        );
+        // With every request on one connection the server would see two of
+        // them and hold both forever.
+        send_all_at_once(&connections, &url, TOTAL).await;
         assert_eq!(connections.lane_count(), 3);
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
 
         // Slots came back: the next request fits on the first lane again.
-        let slot = connections.acquire().expect("slot");
-        assert!(Arc::ptr_eq(
-            &slot.0,
-            &connections.lanes.read().expect("lanes")[0]
-        ));
+        let slot = connections.acquire().await.expect("slot");
+        assert!(Arc::ptr_eq(&slot.0, &connections.read_lanes()[0]));
         assert_eq!(connections.lane_count(), 3);
     }
 
-    #[test]
-    fn a_slot_is_given_back_when_dropped() {
-        let connections =
-            Connections::new(1, || reqwest::Client::builder().build()).expect("client");
-        let first = connections.acquire().expect("slot");
-        let second = connections.acquire().expect("slot");
+    #[tokio::test]
+    async fn a_burst_on_a_cold_tls_lane_opens_one_connection() {
+        const TOTAL: usize = 30;
+        let (acceptor, trusted) = tls();
+        let (url, accepted) = server_holding_answers(100, TOTAL, Some(acceptor)).await;
+        let connections = Arc::new(
+            Connections::new(100, move || {
+                reqwest::Client::builder().add_root_certificate(trusted.clone())
+            })
+            .expect("client"),
+        );
+        // hyper alone would open one connection per request here: it learns
+        // from ALPN that the connection is HTTP/2 only once it is up.
+        send_all_at_once(&connections, &url, TOTAL).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(connections.lane_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_given_back_when_dropped() {
+        let connections = Connections::new(1, reqwest::Client::builder).expect("client");
+        let first = connections.acquire().await.expect("slot");
+        // No connection was made: mark the first lane as connected.
+        connections.read_lanes()[0]
+            .connected
+            .store(true, Ordering::Release);
+        let second = connections.acquire().await.expect("slot");
         assert_eq!(connections.lane_count(), 2);
+        connections.read_lanes()[1]
+            .connected
+            .store(true, Ordering::Release);
         drop(first);
         drop(second);
-        let again = connections.acquire().expect("slot");
-        assert!(Arc::ptr_eq(
-            &again.0,
-            &connections.lanes.read().expect("lanes")[0]
-        ));
+        let again = connections.acquire().await.expect("slot");
+        assert!(Arc::ptr_eq(&again.0, &connections.read_lanes()[0]));
         assert_eq!(connections.lane_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_for_a_connecting_lane_takes_it_over_when_the_first_gives_up() {
+        let connections = Arc::new(Connections::new(5, reqwest::Client::builder).expect("client"));
+        let first = connections.acquire().await.expect("slot");
+        let waiting = tokio::spawn({
+            let connections = Arc::clone(&connections);
+            async move { connections.acquire().await.map(|slot| Arc::clone(&slot.0)) }
+        });
+        // On this one-thread runtime the waiting request runs until it waits.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // The first request fails before connecting: its slot goes back.
+        drop(first);
+        let lane = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting request goes on")
+            .expect("task")
+            .expect("slot");
+        assert!(Arc::ptr_eq(&lane, &connections.read_lanes()[0]));
+        assert_eq!(connections.lane_count(), 1);
     }
 }

@@ -128,7 +128,6 @@ impl ModelClient {
                 .connect_timeout(connect_timeout)
                 .tcp_nodelay(true)
                 .pool_idle_timeout(Duration::from_secs(60))
-                .build()
         })?;
         Ok(Some(Self {
             // Our reqwest service (see `model_http`), without async-openai's built-in retry

@@ -61,7 +61,7 @@ impl tower::Service<HttpRequestFactory> for ModelHttp {
         let connections = Arc::clone(&self.connections);
         Box::pin(async move {
             let request = factory.build().await?;
-            let slot = connections.acquire().map_err(OpenAIError::Reqwest)?;
+            let slot = connections.acquire().await.map_err(OpenAIError::Reqwest)?;
             let response = slot
                 .client()
                 .execute(request)

@@ -75,7 +75,6 @@ impl RetrievalClient {
             reqwest::Client::builder()
                 .timeout(timeout)
                 .connect_timeout(timeout)
-                .build()
         })?;
         let search_url = format!(
             "{}/records/namespaces/{}/search",
@@ -113,6 +112,7 @@ impl RetrievalClient {
         let slot = self
             .connections
             .acquire()
+            .await
             .map_err(|err| format!("no connection: {err}"))?;
         let response = slot
             .client()

@@ -321,8 +321,9 @@ async fn run(options: Options) -> Result<(), String> {
         }
     }
 
-    // Section 6: idle again after everything.
-    let settle = Duration::from_secs(5);
+    // Section 6: idle again after everything, past the 5 s after which the
+    // server closes the upstream connections it opened for the peak.
+    let settle = Duration::from_secs(12);
     tokio::time::sleep(settle).await;
     results.memory.after_kib = Some(bench.server.stats().rss_kib);
     results.memory.after_allocator = bench.server.allocator_stats().await;
