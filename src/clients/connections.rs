@@ -279,22 +279,16 @@ mod tests {
                 tokio::spawn(async move {
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     builder.http2().max_concurrent_streams(max_streams);
-                    let _ = match tls {
-                        Some(acceptor) => match acceptor.accept(tcp).await {
-                            Ok(stream) => {
-                                builder
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await
-                            }
-                            Err(_) => return,
-                        },
-                        None => {
-                            builder
-                                .http2_only()
-                                .serve_connection(TokioIo::new(tcp), service)
-                                .await
+                    if let Some(acceptor) = tls {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         }
-                    };
+                    } else {
+                        let cleartext = builder.http2_only();
+                        let _ = cleartext.serve_connection(TokioIo::new(tcp), service).await;
+                    }
                 });
             }
         });
