@@ -351,15 +351,19 @@ while one more connection sends `GET /health` every 5 ms.\n\n\
     let memory = &results.memory;
     let _ = writeln!(
         w,
-        "\n## 6. Server memory (RSS)\n\nAllocated and allocator-resident: jemalloc's `stats.allocated` (what the program holds) and `stats.resident` (pages it keeps, including its metadata), logged by the server on SIGUSR1. RSS also counts the binary's code, thread stacks and SQLite's page caches (glibc malloc).\n\n| moment | RSS | allocated | allocator-resident |\n|---|---:|---:|---:|\n\
-| idle after startup | {} | | |\n| after the warm-up (seeding, 1–2 s of requests, 400 streams), idle | {} | {} | {} |\n| after the run, idle ({} later) | {} | {} | {} |",
+        "\n## 6. Server memory (RSS)\n\nThe allocator's columns are jemalloc's statistics, logged by the server on SIGUSR1: `allocated` is what the program holds; `active` adds the free space inside the pages in use (fragmentation); `metadata` is jemalloc's own bookkeeping; `resident` is every page it keeps, free ones not yet returned included. RSS also counts the binary's code, thread stacks and SQLite's page caches (glibc malloc).\n\n| moment | RSS | allocated | active | metadata | allocator resident |\n|---|---:|---:|---:|---:|---:|\n\
+| idle after startup | {} | | | | |\n| after the warm-up (seeding, 1–2 s of requests, 400 streams), idle | {} | {} | {} | {} | {} |\n| after the run, idle ({} later) | {} | {} | {} | {} | {} |",
         mib(memory.startup_kib),
         mib(memory.warm_kib),
         allocator(memory.warm_allocator, |s| s.allocated_kib),
+        allocator(memory.warm_allocator, |s| s.active_kib),
+        allocator(memory.warm_allocator, |s| s.metadata_kib),
         allocator(memory.warm_allocator, |s| s.resident_kib),
         duration(memory.after_settle),
         memory.after_kib.map_or("not measured".into(), mib),
         allocator(memory.after_allocator, |s| s.allocated_kib),
+        allocator(memory.after_allocator, |s| s.active_kib),
+        allocator(memory.after_allocator, |s| s.metadata_kib),
         allocator(memory.after_allocator, |s| s.resident_kib),
     );
 

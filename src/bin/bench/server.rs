@@ -19,7 +19,12 @@ pub struct Server {
 pub struct AllocatorStats {
     /// Bytes the program holds.
     pub allocated_kib: u64,
-    /// Pages the allocator keeps mapped and resident (includes `allocated`).
+    /// Pages of the slabs and extents in use: `allocated` plus the free
+    /// space inside them (fragmentation).
+    pub active_kib: u64,
+    /// The allocator's own bookkeeping (never given back).
+    pub metadata_kib: u64,
+    /// Pages the allocator keeps mapped and resident (includes all of the above).
     pub resident_kib: u64,
 }
 
@@ -193,6 +198,8 @@ impl Server {
                 };
                 return Some(AllocatorStats {
                     allocated_kib: field("allocated_kib")?,
+                    active_kib: field("active_kib")?,
+                    metadata_kib: field("metadata_kib")?,
                     resident_kib: field("resident_kib")?,
                 });
             }
