@@ -2,13 +2,15 @@
 //! completions (JSON and `text/event-stream` ending in `data: [DONE]`) and
 //! Pinecone's records search. They record what the server sent them.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -43,6 +45,8 @@ pub enum Behaviour {
 struct OpenAiState {
     behaviour: Mutex<Option<Behaviour>>,
     requests: Mutex<Vec<Value>>,
+    /// The client ends of the connections requests came on.
+    peers: Mutex<HashSet<SocketAddr>>,
     /// Streams whose body was dropped before it finished (client went away).
     closed_early: AtomicUsize,
     closed_notify: Notify,
@@ -83,6 +87,11 @@ impl FakeOpenAi {
     /// Every request body received, in order.
     pub fn requests(&self) -> Vec<Value> {
         self.state.requests.lock().expect("lock").clone()
+    }
+
+    /// How many connections the requests came on.
+    pub fn connections_used(&self) -> usize {
+        self.state.peers.lock().expect("lock").len()
     }
 
     pub fn request_count(&self) -> usize {
@@ -142,9 +151,11 @@ fn chunk(content: Option<&str>, finish: Option<&str>) -> Bytes {
 
 async fn completions(
     State(state): State<Arc<OpenAiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    state.peers.lock().expect("lock").insert(peer);
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let authorized = headers
         .get(header::AUTHORIZATION)
@@ -342,6 +353,7 @@ async fn serve(app: Router) -> std::net::SocketAddr {
         .expect("bind fake");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let _ = axum::serve(listener, app).await;
     });
     addr

@@ -759,3 +759,42 @@ async fn ws_path_errors_name_the_parameter() {
         json!(["path", "id"])
     );
 }
+
+/// Every upstream request holds a slot on one of the model client's
+/// connections until its answer has been read; a slot never given back
+/// would make each turn open a connection of its own.
+#[tokio::test]
+async fn finished_answers_give_their_upstream_connection_slot_back() {
+    let app = spawn_app_with(&[("UPSTREAM_STREAMS_PER_CONNECTION", "1")]).await;
+    let id = app.new_conversation(None).await;
+    for turn in 0..4 {
+        app.create(json!(id), &format!("Question {turn}"), None)
+            .await
+            .expect(200);
+        let events = app
+            .stream_events(
+                &json!({"conversation_id": id, "message": "Streamed?"}),
+                None,
+            )
+            .await;
+        assert_eq!(events.last().expect("events").event, "done");
+        let frames = app
+            .ws_turn(&id.to_string(), None, r#"{"message": "Over WebSocket?"}"#)
+            .await;
+        assert!(
+            frames.last().expect("frames").contains("done"),
+            "{frames:?}"
+        );
+    }
+    app.post(&format!("/api/chat/summarize/{id}"), &json!({}), None)
+        .await
+        .expect(200);
+    assert_eq!(app.openai.request_count(), 14);
+    // Sequential turns share a connection; two or three at most when the
+    // next turn starts before the last answer's closing bytes were read.
+    let used = app.openai.connections_used();
+    assert!(
+        used <= 3,
+        "14 sequential answers came on {used} connections"
+    );
+}
