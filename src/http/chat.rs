@@ -338,7 +338,9 @@ async fn messages(
     MaybeAuthUser(caller): MaybeAuthUser,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Reply<HistoryJson>, AppError> {
-    Ok(Reply::ok(state.chat.messages(caller, id).await?))
+    let history = state.chat.messages(caller, id).await?;
+    let expected = history.rendered_len() + 96;
+    Ok(Reply::ok(history).expecting_bytes(expected))
 }
 
 /// The caller's conversations, newest first.
@@ -370,7 +372,9 @@ async fn conversations(
         ));
     }
     let conversations = state.chat.list(user.id, paging.limit, offset).await?;
-    Ok(Reply::ok(ConversationList { conversations }))
+    // About 160 bytes per rendered conversation.
+    let expected = conversations.len() * 160 + 64;
+    Ok(Reply::ok(ConversationList { conversations }).expecting_bytes(expected))
 }
 
 /// Soft-delete a conversation.

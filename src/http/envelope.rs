@@ -33,13 +33,20 @@ pub struct ErrorData {
 pub struct Reply<T> {
     status: StatusCode,
     data: T,
+    /// Bytes reserved for the rendered body, so that a large one is written
+    /// once instead of through a chain of growing buffers.
+    expected_bytes: usize,
 }
+
+/// What axum's `Json` reserves.
+const SMALL_BODY: usize = 128;
 
 impl<T: Serialize> Reply<T> {
     pub fn ok(data: T) -> Self {
         Self {
             status: StatusCode::OK,
             data,
+            expected_bytes: SMALL_BODY,
         }
     }
 
@@ -47,17 +54,36 @@ impl<T: Serialize> Reply<T> {
         Self {
             status: StatusCode::CREATED,
             data,
+            expected_bytes: SMALL_BODY,
         }
+    }
+
+    /// Reserves about `bytes` for the body (envelope included).
+    pub fn expecting_bytes(mut self, bytes: usize) -> Self {
+        self.expected_bytes = bytes.max(SMALL_BODY);
+        self
     }
 }
 
 impl<T: Serialize> IntoResponse for Reply<T> {
     fn into_response(self) -> Response {
-        let body = Envelope {
+        let envelope = Envelope {
             status_code: self.status.as_u16(),
             data: self.data,
         };
-        (self.status, Json(body)).into_response()
+        let mut body = Vec::with_capacity(self.expected_bytes);
+        match serde_json::to_writer(&mut body, &envelope) {
+            Ok(()) => (
+                self.status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(err) => AppError::Internal(format!("rendering a response: {err}")).into_response(),
+        }
     }
 }
 

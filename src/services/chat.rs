@@ -589,6 +589,13 @@ pub struct HistoryJson {
     conversation_id: i64,
 }
 
+impl HistoryJson {
+    /// Bytes of the rendered messages.
+    pub fn rendered_len(&self) -> usize {
+        self.messages.get().len()
+    }
+}
+
 /// A cached rendering and the message count it was read at.
 #[derive(Clone)]
 struct CachedHistory {
