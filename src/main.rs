@@ -58,11 +58,11 @@ async fn log_memory_on_sigusr1() {
     while signals.recv().await.is_some() {
         match memory_stats() {
             Ok(stats) => tracing::info!(
-                allocated_kib = stats[0] / 1024,
-                active_kib = stats[1] / 1024,
-                resident_kib = stats[2] / 1024,
-                metadata_kib = stats[3] / 1024,
-                retained_kib = stats[4] / 1024,
+                allocated_kib = stats.allocated / 1024,
+                active_kib = stats.active / 1024,
+                resident_kib = stats.resident / 1024,
+                metadata_kib = stats.metadata / 1024,
+                retained_kib = stats.retained / 1024,
                 "memory statistics"
             ),
             Err(err) => tracing::warn!(error = %err, "memory statistics unavailable"),
@@ -70,15 +70,24 @@ async fn log_memory_on_sigusr1() {
     }
 }
 
-/// Allocated, active, resident, metadata and retained bytes, freshly sampled.
-fn memory_stats() -> Result<[usize; 5], tikv_jemalloc_ctl::Error> {
+/// jemalloc's counters, in bytes.
+struct MemoryStats {
+    allocated: usize,
+    active: usize,
+    resident: usize,
+    metadata: usize,
+    retained: usize,
+}
+
+/// The allocator's counters, freshly sampled.
+fn memory_stats() -> Result<MemoryStats, tikv_jemalloc_ctl::Error> {
     use tikv_jemalloc_ctl::{epoch, stats};
     epoch::advance()?;
-    Ok([
-        stats::allocated::read()?,
-        stats::active::read()?,
-        stats::resident::read()?,
-        stats::metadata::read()?,
-        stats::retained::read()?,
-    ])
+    Ok(MemoryStats {
+        allocated: stats::allocated::read()?,
+        active: stats::active::read()?,
+        resident: stats::resident::read()?,
+        metadata: stats::metadata::read()?,
+        retained: stats::retained::read()?,
+    })
 }

@@ -134,9 +134,7 @@ impl Connections {
                 if let Some(slot) = self.take_existing(&lanes) {
                     return Ok(slot);
                 }
-                lanes
-                    .iter()
-                    .any(|lane| !lane.connected.load(Ordering::Acquire))
+                any_connecting(&lanes)
             };
             if connecting {
                 news.await;
@@ -147,21 +145,18 @@ impl Connections {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             // Another request may have opened a lane while this one waited for the lock.
-            if lanes
-                .iter()
-                .any(|lane| !lane.connected.load(Ordering::Acquire))
-            {
+            if any_connecting(&lanes) {
                 continue;
             }
             if let Some(slot) = self.take_existing(&lanes) {
                 return Ok(slot);
             }
-            // Born holding this request's slot.
             // Lanes beyond the first serve peaks: their connections close soon after.
             let mut configured = (self.configure)().pool_idle_timeout(PEAK_LANE_IDLE_TIMEOUT);
             if self.speaks_h2.load(Ordering::Acquire) {
                 configured = configured.http2_prior_knowledge();
             }
+            // Born holding this request's slot.
             let lane = Arc::new(new_lane(configured, &self.lane_news, &self.speaks_h2, 1)?);
             lanes.push(Arc::clone(&lane));
             tracing::debug!(
@@ -188,6 +183,13 @@ impl Connections {
     pub fn lane_count(&self) -> usize {
         self.read_lanes().len()
     }
+}
+
+/// Whether a lane's first connection is still being made.
+fn any_connecting(lanes: &[Arc<Lane>]) -> bool {
+    lanes
+        .iter()
+        .any(|lane| !lane.connected.load(Ordering::Acquire))
 }
 
 /// A lane whose client reports its first connection to `lane_news`.

@@ -43,16 +43,16 @@ const SMALL_BODY: usize = 128;
 
 impl<T: Serialize> Reply<T> {
     pub fn ok(data: T) -> Self {
-        Self {
-            status: StatusCode::OK,
-            data,
-            expected_bytes: SMALL_BODY,
-        }
+        Self::with_status(StatusCode::OK, data)
     }
 
     pub fn created(data: T) -> Self {
+        Self::with_status(StatusCode::CREATED, data)
+    }
+
+    fn with_status(status: StatusCode, data: T) -> Self {
         Self {
-            status: StatusCode::CREATED,
+            status,
             data,
             expected_bytes: SMALL_BODY,
         }
