@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, on_pool, write_gate};
+use super::{Database, on_pool, on_writer};
 
 /// A stored conversation.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -26,9 +26,8 @@ pub async fn create(
     system_prompt: &str,
 ) -> Result<ConversationRecord, sqlx::Error> {
     let now = Utc::now();
-    let _gate = write_gate(db).await;
-    on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
+    on_writer!(db, conn => {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let conversation = sqlx::query_as::<_, ConversationRecord>(
             "INSERT INTO conversations (user_id, short_name, created_at, updated_at, is_deleted) \
              VALUES ($1, $2, $3, $3, $4) \
@@ -57,12 +56,11 @@ pub async fn create(
 /// Gives a conversation its `short_name` when it has none yet (conversations
 /// created before names were filled in at creation).
 pub async fn name_if_unnamed(db: &Database, id: i64, short_name: &str) -> Result<(), sqlx::Error> {
-    let _gate = write_gate(db).await;
-    on_pool!(db, pool => {
+    on_writer!(db, conn => {
         sqlx::query("UPDATE conversations SET short_name = $1 WHERE id = $2 AND short_name IS NULL")
             .bind(short_name)
             .bind(id)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?;
         Ok(())
     })
@@ -141,8 +139,7 @@ pub async fn list_for_user(
 /// Marks a conversation deleted; false when it already was (or does not exist).
 pub async fn soft_delete(db: &Database, id: i64) -> Result<bool, sqlx::Error> {
     let now = Utc::now();
-    let _gate = write_gate(db).await;
-    let affected = on_pool!(db, pool => {
+    let affected = on_writer!(db, conn => {
         sqlx::query(
             "UPDATE conversations SET is_deleted = $1, updated_at = $2 WHERE id = $3 AND is_deleted = $4",
         )
@@ -150,9 +147,9 @@ pub async fn soft_delete(db: &Database, id: i64) -> Result<bool, sqlx::Error> {
         .bind(now)
         .bind(id)
         .bind(false)
-        .execute(pool)
-        .await?
-        .rows_affected()
-    });
+        .execute(&mut *conn)
+        .await
+        .map(|done| done.rows_affected())
+    })?;
     Ok(affected == 1)
 }

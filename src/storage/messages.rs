@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, on_pool, write_gate};
+use super::{Database, on_pool, on_writer};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +89,7 @@ pub struct NewMessage<'a> {
 /// message costs one round trip and one commit.
 pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx::Error> {
     let now = Utc::now();
-    let _gate = write_gate(db).await;
-    on_pool!(db, pool => {
+    on_writer!(db, conn => {
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO messages (conversation_id, role, content, user_message, created_at) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
@@ -100,7 +99,7 @@ pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx:
         .bind(message.content)
         .bind(message.user_message)
         .bind(now)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
         Ok(id)
     })

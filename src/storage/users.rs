@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, on_pool, write_gate};
+use super::{Database, on_pool, on_writer};
 
 /// A stored user, password hash included (never serialised to clients).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -31,8 +31,7 @@ pub async fn insert(
     password_hash: &str,
 ) -> Result<InsertOutcome, sqlx::Error> {
     let now = Utc::now();
-    let _gate = write_gate(db).await;
-    let result = on_pool!(db, pool => {
+    let result = on_writer!(db, conn => {
         sqlx::query_as::<_, UserRecord>(
             "INSERT INTO users (email, name, password_hash, created_at) VALUES ($1, $2, $3, $4) \
              RETURNING id, email, name, password_hash, created_at",
@@ -41,7 +40,7 @@ pub async fn insert(
         .bind(name)
         .bind(password_hash)
         .bind(now)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
     });
     match result {
