@@ -26,6 +26,7 @@ pub async fn create(
     system_prompt: &str,
 ) -> Result<ConversationRecord, sqlx::Error> {
     let now = Utc::now();
+    let (short_name, system_prompt) = (short_name.to_owned(), system_prompt.to_owned());
     on_writer!(db, conn => {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let conversation = sqlx::query_as::<_, ConversationRecord>(
@@ -56,6 +57,7 @@ pub async fn create(
 /// Gives a conversation its `short_name` when it has none yet (conversations
 /// created before names were filled in at creation).
 pub async fn name_if_unnamed(db: &Database, id: i64, short_name: &str) -> Result<(), sqlx::Error> {
+    let short_name = short_name.to_owned();
     on_writer!(db, conn => {
         sqlx::query("UPDATE conversations SET short_name = $1 WHERE id = $2 AND short_name IS NULL")
             .bind(short_name)

@@ -89,15 +89,18 @@ pub struct NewMessage<'a> {
 /// message costs one round trip and one commit.
 pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx::Error> {
     let now = Utc::now();
+    let (conversation_id, role) = (message.conversation_id, message.role.as_str());
+    let content = message.content.to_owned();
+    let user_message = message.user_message.map(str::to_owned);
     on_writer!(db, conn => {
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO messages (conversation_id, role, content, user_message, created_at) \
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
-        .bind(message.conversation_id)
-        .bind(message.role.as_str())
-        .bind(message.content)
-        .bind(message.user_message)
+        .bind(conversation_id)
+        .bind(role)
+        .bind(content)
+        .bind(user_message)
         .bind(now)
         .fetch_one(&mut *conn)
         .await?;

@@ -8,19 +8,14 @@
 pub mod conversations;
 pub mod messages;
 pub mod users;
+pub(crate) mod writer;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Connection, PgPool, Sqlite, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
 
 use crate::config::DatabaseTarget;
 
@@ -43,110 +38,29 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// Runs a write against whichever backend is live; `$conn` is bound to the
-/// writing connection (`&mut SqliteConnection` or `&mut PgConnection`) and
-/// the body, type-checked for both, evaluates to a `Result<_, sqlx::Error>`
-/// (`?` inside it ends the body, not the calling function).
+/// Runs a write against whichever backend is live and evaluates to its
+/// `Result<_, sqlx::Error>`; `$conn` is bound to the writing connection
+/// (`&mut SqliteConnection` or `&mut PgConnection`), and the body is
+/// type-checked for both. On SQLite the body runs on the file's writer (see
+/// [`writer`]), so it must own what it uses.
 macro_rules! on_writer {
     ($db:expr, $conn:ident => $body:expr) => {
         match $db {
             $crate::storage::Database::Sqlite(pool) => {
-                let mut writer = $crate::storage::sqlite_writer(pool).await?;
-                let $conn = writer.connection().await?;
-                let result: Result<_, sqlx::Error> = async { $body }.await;
-                writer.keep_if_sound(&result);
-                result
+                $crate::storage::writer::write(pool, move |$conn| Box::pin(async move { $body }))
+                    .await
             }
-            $crate::storage::Database::Postgres(pool) => {
-                let mut connection = pool.acquire().await?;
-                let $conn = &mut *connection;
-                async { $body }.await
-            }
+            $crate::storage::Database::Postgres(pool) => match pool.acquire().await {
+                Ok(mut connection) => {
+                    let $conn = &mut *connection;
+                    async { $body }.await
+                }
+                Err(err) => Err(err),
+            },
         }
     };
 }
 pub(crate) use on_writer;
-
-/// The one connection that writes to a SQLite file, and whether the file
-/// gets a connection of its own for writing.
-#[derive(Default)]
-pub(crate) struct WriterSlot {
-    dedicated: bool,
-    connection: Option<SqliteConnection>,
-}
-
-/// A SQLite writer's turn: the only one writing to its file until dropped.
-pub(crate) struct SqliteWriter {
-    slot: tokio::sync::OwnedMutexGuard<WriterSlot>,
-    pooled: Option<PoolConnection<Sqlite>>,
-    pool: SqlitePool,
-}
-
-impl SqliteWriter {
-    /// The connection to write on: the file's own writing connection (opened
-    /// on first use), or one from the pool for an in-memory database.
-    pub(crate) async fn connection(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
-        if !self.slot.dedicated {
-            let pooled = match self.pooled.take() {
-                Some(pooled) => pooled,
-                None => self.pool.acquire().await?,
-            };
-            return Ok(&mut **self.pooled.insert(pooled));
-        }
-        let connection = match self.slot.connection.take() {
-            Some(connection) => connection,
-            None => SqliteConnection::connect_with(&self.pool.connect_options()).await?,
-        };
-        Ok(self.slot.connection.insert(connection))
-    }
-
-    /// Drops the writing connection after an error that was not SQLite's
-    /// answer to a statement (a broken connection, a crashed worker thread):
-    /// the next writer opens a fresh one.
-    pub(crate) fn keep_if_sound<T>(&mut self, result: &Result<T, sqlx::Error>) {
-        if let Err(err) = result
-            && !matches!(err, sqlx::Error::Database(_) | sqlx::Error::RowNotFound)
-        {
-            self.slot.connection = None;
-        }
-    }
-}
-
-/// Waits for this process's turn to write to a SQLite file.
-///
-/// SQLite has one writer at a time. A second writer gets `SQLITE_BUSY` and
-/// retries inside SQLite's busy handler, which sleeps (1, 2, 5, 10, … 100 ms)
-/// while holding its pool connection: under concurrent turns that means
-/// stalls of tens of milliseconds and, at worst, an exhausted pool. Queuing
-/// here instead wakes each writer as soon as the previous one commits, and
-/// holds no connection while waiting.
-///
-/// Writes go through one connection of their own, outside the pool: its page
-/// cache stays valid between writes (SQLite drops a connection's cache
-/// whenever another connection has written the file, so writers taking turns
-/// on pool connections re-read the b-tree pages of every table they touch),
-/// and no pool acquire and release surround each statement.
-pub(crate) async fn sqlite_writer(pool: &SqlitePool) -> Result<SqliteWriter, sqlx::Error> {
-    let slot = writer_slot(pool).lock_owned().await;
-    Ok(SqliteWriter {
-        slot,
-        pooled: None,
-        pool: pool.clone(),
-    })
-}
-
-/// One writer slot per database file, shared by every pool on that file.
-fn writer_slot(pool: &SqlitePool) -> Arc<tokio::sync::Mutex<WriterSlot>> {
-    static SLOTS: LazyLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<WriterSlot>>>>> =
-        LazyLock::new(Mutex::default);
-    let file = pool.connect_options().get_filename().to_path_buf();
-    SLOTS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entry(file)
-        .or_default()
-        .clone()
-}
 
 /// Most SQLite connections worth having: two per core. Each is a thread of
 /// its own doing short in-process work, and writers take turns anyway, so
@@ -218,7 +132,7 @@ impl Database {
                     .test_before_acquire(false)
                     .connect_with(options)
                     .await?;
-                writer_slot(&pool).lock().await.dedicated = true;
+                writer::register(&pool);
                 Ok(Self::Sqlite(pool))
             }
             DatabaseTarget::SqliteMemory => {
@@ -270,12 +184,7 @@ impl Database {
     /// Closes every connection (graceful shutdown).
     pub async fn close(&self) {
         if let Self::Sqlite(pool) = self {
-            let writer = writer_slot(pool).lock().await.connection.take();
-            if let Some(writer) = writer
-                && let Err(err) = writer.close().await
-            {
-                tracing::warn!(error = %err, "closing the SQLite writing connection failed");
-            }
+            writer::close(pool).await;
         }
         on_pool!(self, pool => pool.close().await)
     }
@@ -350,6 +259,78 @@ mod tests {
                 .expect("delete")
         );
         reopened.close().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_commits_and_a_refused_one_undoes_only_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(&DatabaseTarget::SqliteFile(dir.path().join("chat.db"))).await;
+        let conversation_id = write_a_conversation(&db).await;
+        let shared_before = writer::shared_commits();
+        let messages = (0..200).map(|n| {
+            let db = db.clone();
+            async move {
+                let content = format!("message {n}");
+                let message = NewMessage {
+                    conversation_id,
+                    role: Role::Assistant,
+                    content: &content,
+                    user_message: None,
+                };
+                messages::insert(&db, message).await
+            }
+        });
+        // Signups racing for one address: SQLite refuses all but one.
+        let signups = (0..50).map(|_| users::insert(&db, "race@example.com", "R", "hash"));
+        let (stored, signed_up) = tokio::join!(
+            futures::future::join_all(messages),
+            futures::future::join_all(signups)
+        );
+        let mut ids: Vec<i64> = stored
+            .into_iter()
+            .map(|id| id.expect("message stored"))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 200, "every write has its own row");
+        let created = signed_up
+            .iter()
+            .filter(|outcome| matches!(outcome, Ok(InsertOutcome::Created(_))))
+            .count();
+        let taken = signed_up
+            .iter()
+            .filter(|outcome| matches!(outcome, Ok(InsertOutcome::EmailTaken)))
+            .count();
+        assert_eq!((created, taken), (1, 49));
+        let history = messages::list(&db, conversation_id).await.expect("list");
+        assert_eq!(
+            history.len(),
+            202,
+            "system message, question and 200 answers"
+        );
+        assert!(
+            writer::shared_commits() > shared_before,
+            "250 writes queued at once were committed one by one"
+        );
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_after_close_fails_instead_of_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(&DatabaseTarget::SqliteFile(dir.path().join("chat.db"))).await;
+        let conversation_id = write_a_conversation(&db).await;
+        db.close().await;
+        let late = NewMessage {
+            conversation_id,
+            role: Role::Assistant,
+            content: "too late",
+            user_message: None,
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(5), messages::insert(&db, late))
+            .await
+            .expect("answered, not stuck");
+        assert!(outcome.is_err());
     }
 
     #[tokio::test]

@@ -31,6 +31,8 @@ pub async fn insert(
     password_hash: &str,
 ) -> Result<InsertOutcome, sqlx::Error> {
     let now = Utc::now();
+    let (email, name, password_hash) =
+        (email.to_owned(), name.to_owned(), password_hash.to_owned());
     let result = on_writer!(db, conn => {
         sqlx::query_as::<_, UserRecord>(
             "INSERT INTO users (email, name, password_hash, created_at) VALUES ($1, $2, $3, $4) \

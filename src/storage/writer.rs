@@ -1,0 +1,246 @@
+//! The one connection that writes to a SQLite file, with group commit.
+//!
+//! SQLite has one writer at a time, and what a write costs is mostly its
+//! commit: every page the transaction touched is appended to the WAL (two
+//! `write` calls per page), and every thousand pages a checkpoint copies them
+//! into the database file. Each file gets a task that owns a connection of
+//! its own and runs the writes queued for it: one alone commits on its own;
+//! several queued at once (concurrent turns) run inside one transaction and
+//! share its commit. Each caller gets its answer only after the commit that
+//! made its write durable.
+//!
+//! A connection of its own, outside the pool, also keeps its page cache
+//! valid between writes (SQLite drops a connection's cache whenever another
+//! connection has written the file), and no pool acquire and release (with
+//! sqlx's ping on release) surround each write.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+use futures::future::BoxFuture;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most writes that share one commit: bounds how long the first of them
+/// waits for the others (tens of microseconds each).
+const MAX_WRITES_PER_COMMIT: usize = 64;
+
+/// Commits shared by more than one write since startup (tests check that
+/// concurrent writes do share them).
+static SHARED_COMMITS: AtomicU64 = AtomicU64::new(0);
+
+/// How many commits so far were shared by several writes.
+#[cfg(test)]
+pub(crate) fn shared_commits() -> u64 {
+    SHARED_COMMITS.load(Ordering::Relaxed)
+}
+
+/// Hands a write's outcome to its caller once its commit is known.
+type Deliver = Box<dyn FnOnce(CommitOutcome) + Send>;
+
+/// A write that ran: whether its connection is still sound, and the handover.
+struct Ran {
+    sound: bool,
+    deliver: Deliver,
+}
+
+/// One queued write: runs its statements; the commit comes later.
+type Job = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Ran> + Send>;
+
+/// What a file's writer is asked to do.
+enum Command {
+    Write(Job),
+    /// Close the writing connection and stop (graceful shutdown).
+    Close(oneshot::Sender<()>),
+}
+
+/// How the transaction holding a write ended.
+enum CommitOutcome {
+    Committed,
+    /// The commit failed: the write is not stored.
+    Failed(String),
+}
+
+/// Runs `write` on the writing connection of the pool's file and returns its
+/// result once it is committed. In-memory databases (one connection, see
+/// `Database::connect`) write on their pool connection.
+///
+/// A write that fails with SQLite's answer to a statement (a constraint, say)
+/// is undone alone, as SQLite undoes a failed statement; writes that need
+/// several statements to be all-or-nothing open their own (nested)
+/// transaction, which becomes a savepoint when they share a commit.
+pub(crate) async fn write<T, F>(pool: &SqlitePool, write: F) -> Result<T, sqlx::Error>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>
+        + Send
+        + 'static,
+{
+    let Some(writer) = writer_of(pool) else {
+        let mut connection = pool.acquire().await?;
+        return write(&mut connection).await;
+    };
+    let (answer, answered) = oneshot::channel();
+    let job: Job = Box::new(move |connection| {
+        Box::pin(async move {
+            let result = write(connection).await;
+            let sound = match &result {
+                Ok(_) => true,
+                Err(err) => matches!(err, sqlx::Error::Database(_) | sqlx::Error::RowNotFound),
+            };
+            let deliver: Deliver = Box::new(move |outcome| {
+                let result = match outcome {
+                    CommitOutcome::Committed => result,
+                    CommitOutcome::Failed(why) => Err(sqlx::Error::Protocol(why)),
+                };
+                // The caller may have gone (request cancelled): the write stays done.
+                let _ = answer.send(result);
+            });
+            Ran { sound, deliver }
+        })
+    });
+    if writer.send(Command::Write(job)).is_err() {
+        return Err(sqlx::Error::PoolClosed);
+    }
+    // Dropped unanswered when the batch never ran (no connection, closed pool).
+    answered.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+}
+
+/// Files whose writes go through a writer of their own, and how to reach it.
+static WRITERS: LazyLock<Mutex<HashMap<PathBuf, Option<mpsc::UnboundedSender<Command>>>>> =
+    LazyLock::new(Mutex::default);
+
+/// Gives the pool's file a writer of its own (file databases).
+pub(crate) fn register(pool: &SqlitePool) {
+    let file = pool.connect_options().get_filename().to_path_buf();
+    WRITERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(file, None);
+}
+
+/// The writer of a registered file, started on first use (and again when
+/// the runtime that ran the previous one has ended, as between tests).
+fn writer_of(pool: &SqlitePool) -> Option<mpsc::UnboundedSender<Command>> {
+    let options = pool.connect_options();
+    let file = options.get_filename();
+    let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
+    let writer = writers.get_mut(file)?;
+    if let Some(running) = writer.as_ref().filter(|running| !running.is_closed()) {
+        return Some(running.clone());
+    }
+    let (commands, queue) = mpsc::unbounded_channel();
+    tokio::spawn(run_writer(pool.clone(), queue));
+    *writer = Some(commands.clone());
+    Some(commands)
+}
+
+/// Closes the writing connection of the pool's file, if it has one.
+pub(crate) async fn close(pool: &SqlitePool) {
+    let options = pool.connect_options();
+    let file = options.get_filename();
+    let running = WRITERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_mut(file)
+        .and_then(Option::take);
+    if let Some(running) = running {
+        let (closed, done) = oneshot::channel();
+        if running.send(Command::Close(closed)).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Runs queued writes until told to close.
+async fn run_writer(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Command>) {
+    let mut connection: Option<SqliteConnection> = None;
+    let mut commands = Vec::with_capacity(MAX_WRITES_PER_COMMIT);
+    let mut closed = None;
+    while closed.is_none() && queue.recv_many(&mut commands, MAX_WRITES_PER_COMMIT).await > 0 {
+        let mut batch = Vec::with_capacity(commands.len());
+        for command in commands.drain(..) {
+            match command {
+                Command::Write(job) if closed.is_none() => batch.push(job),
+                // Queued after the close: dropped, so its caller gets an error.
+                Command::Write(_) => {}
+                Command::Close(done) => closed = Some(done),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let open = match connection.take() {
+            Some(open) => Ok(open),
+            None if pool.is_closed() => Err(sqlx::Error::PoolClosed),
+            None => SqliteConnection::connect_with(&pool.connect_options()).await,
+        };
+        match open {
+            Ok(mut open) => {
+                if run_batch(&mut open, batch).await {
+                    connection = Some(open);
+                }
+            }
+            Err(err) => {
+                // Dropping the batch answers each caller with an error.
+                tracing::error!(error = %err, writes = batch.len(), "no SQLite writing connection");
+            }
+        }
+    }
+    if let Some(open) = connection
+        && let Err(err) = open.close().await
+    {
+        tracing::warn!(error = %err, "closing the SQLite writing connection failed");
+    }
+    if let Some(done) = closed {
+        let _ = done.send(());
+    }
+}
+
+/// Runs one batch: alone in autocommit, or several in one transaction.
+/// False when the connection should not be used again.
+async fn run_batch(connection: &mut SqliteConnection, batch: Vec<Job>) -> bool {
+    if batch.len() == 1 {
+        let mut sound = true;
+        for job in batch {
+            let ran = job(connection).await;
+            sound = ran.sound;
+            (ran.deliver)(CommitOutcome::Committed);
+        }
+        return sound;
+    }
+    let mut transaction = match connection.begin().await {
+        Ok(transaction) => transaction,
+        Err(err) => {
+            tracing::error!(error = %err, writes = batch.len(), "could not begin a group commit");
+            return false;
+        }
+    };
+    let mut delivers = Vec::with_capacity(batch.len());
+    let mut sound = true;
+    for job in batch {
+        let ran = job(&mut transaction).await;
+        sound &= ran.sound;
+        delivers.push(ran.deliver);
+    }
+    match transaction.commit().await {
+        Ok(()) => {
+            SHARED_COMMITS.fetch_add(1, Ordering::Relaxed);
+            for deliver in delivers {
+                deliver(CommitOutcome::Committed);
+            }
+            sound
+        }
+        Err(err) => {
+            tracing::error!(error = %err, writes = delivers.len(), "a group commit failed");
+            let why = format!("commit failed: {err}");
+            for deliver in delivers {
+                deliver(CommitOutcome::Failed(why.clone()));
+            }
+            false
+        }
+    }
+}
