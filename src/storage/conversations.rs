@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, on_pool, on_writer};
+use super::{Database, on_reader, on_writer, readers};
 
 /// A stored conversation.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -91,16 +91,16 @@ pub async fn find_versioned(
          (SELECT COUNT(*) FROM messages WHERE conversation_id = $1) AS message_count \
          FROM conversations WHERE id = $1"
     );
-    on_pool!(db, pool => {
-        sqlx::query_as::<_, VersionedConversation>(&sql).bind(id).fetch_optional(pool).await
+    on_reader!(db, conn => {
+        sqlx::query_as::<_, VersionedConversation>(&sql).bind(id).fetch_optional(conn).await
     })
 }
 
 /// Finds a conversation by id, deleted or not.
 pub async fn find(db: &Database, id: i64) -> Result<Option<ConversationRecord>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM conversations WHERE id = $1");
-    on_pool!(db, pool => {
-        sqlx::query_as::<_, ConversationRecord>(&sql).bind(id).fetch_optional(pool).await
+    on_reader!(db, conn => {
+        sqlx::query_as::<_, ConversationRecord>(&sql).bind(id).fetch_optional(conn).await
     })
 }
 
@@ -118,13 +118,16 @@ pub async fn list_for_user(
     );
     match db {
         Database::Sqlite(pool) => {
-            sqlx::query_as::<_, ConversationRecord>(&sql)
+            let mut reader = readers::acquire(pool).await?;
+            let result = sqlx::query_as::<_, ConversationRecord>(&sql)
                 .bind(user_id)
                 .bind(false)
                 .bind(limit.unwrap_or(-1))
                 .bind(offset)
-                .fetch_all(pool)
-                .await
+                .fetch_all(&mut *reader)
+                .await;
+            reader.keep_if_sound(&result);
+            result
         }
         Database::Postgres(pool) => {
             sqlx::query_as::<_, ConversationRecord>(&sql)

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, on_pool, on_writer};
+use super::{Database, on_reader, on_writer};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,15 +116,15 @@ pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx:
 /// `user_message`. Skipping it keeps history reads from growing by a context
 /// block per turn.
 pub async fn list(db: &Database, conversation_id: i64) -> Result<Vec<MessageRecord>, sqlx::Error> {
-    let rows = on_pool!(db, pool => {
+    let rows = on_reader!(db, conn => {
         sqlx::query_as::<_, MessageRow>(
             "SELECT id, conversation_id, role, \
              CASE WHEN role = 'user' THEN '' ELSE content END AS content, user_message, created_at \
              FROM messages WHERE conversation_id = $1 ORDER BY id",
         )
         .bind(conversation_id)
-        .fetch_all(pool)
-        .await?
-    });
+        .fetch_all(conn)
+        .await
+    })?;
     rows.into_iter().map(MessageRecord::try_from).collect()
 }

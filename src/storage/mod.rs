@@ -2,11 +2,15 @@
 //!
 //! `Database` is an enum over a SQLite and a PostgreSQL pool. Every query is
 //! written once with `$N` placeholders (sqlx maps them on SQLite) and run on
-//! whichever pool is live through [`on_pool!`], so both backends keep native
-//! column types and compile-time-checked Rust types.
+//! whichever backend is live through [`on_reader!`] or [`on_writer!`], so
+//! both backends keep native column types and compile-time-checked Rust
+//! types. On a SQLite file, reads use connections kept outside sqlx's pool
+//! ([`readers`]) and writes go to one writer per file that commits the
+//! writes queued together at once ([`writer`]).
 
 pub mod conversations;
 pub mod messages;
+pub(crate) mod readers;
 pub mod users;
 pub(crate) mod writer;
 
@@ -36,7 +40,32 @@ macro_rules! on_pool {
         }
     };
 }
-pub(crate) use on_pool;
+
+/// Runs a read against whichever backend is live and evaluates to its
+/// `Result<_, sqlx::Error>`; `$conn` is bound to a `&mut SqliteConnection`
+/// (see [`readers`]) or the `&PgPool`, and the body is type-checked for both.
+macro_rules! on_reader {
+    ($db:expr, $conn:ident => $body:expr) => {
+        match $db {
+            $crate::storage::Database::Sqlite(pool) => {
+                match $crate::storage::readers::acquire(pool).await {
+                    Ok(mut reader) => {
+                        let $conn = &mut *reader;
+                        let result: Result<_, sqlx::Error> = async move { $body }.await;
+                        reader.keep_if_sound(&result);
+                        result
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            $crate::storage::Database::Postgres(pool) => {
+                let $conn = pool;
+                async move { $body }.await
+            }
+        }
+    };
+}
+pub(crate) use on_reader;
 
 /// Runs a write against whichever backend is live and evaluates to its
 /// `Result<_, sqlx::Error>`; `$conn` is bound to the writing connection
@@ -123,8 +152,9 @@ impl Database {
                     // database); cut back to 64 MiB whenever it restarts.
                     .pragma("journal_size_limit", "67108864")
                     .foreign_keys(true);
+                let sqlite_readers = settings.max_connections.min(sqlite_connection_cap());
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(settings.max_connections.min(sqlite_connection_cap()))
+                    .max_connections(sqlite_readers)
                     .acquire_timeout(settings.acquire_timeout)
                     // A SQLite connection is a local file handle: the default
                     // ping before every acquire only doubles the round trips to
@@ -133,6 +163,7 @@ impl Database {
                     .connect_with(options)
                     .await?;
                 writer::register(&pool);
+                readers::register(&pool, sqlite_readers as usize);
                 Ok(Self::Sqlite(pool))
             }
             DatabaseTarget::SqliteMemory => {
@@ -185,6 +216,7 @@ impl Database {
     pub async fn close(&self) {
         if let Self::Sqlite(pool) = self {
             writer::close(pool).await;
+            readers::close(pool).await;
         }
         on_pool!(self, pool => pool.close().await)
     }
@@ -331,6 +363,45 @@ mod tests {
             .await
             .expect("answered, not stuck");
         assert!(outcome.is_err());
+    }
+
+    #[tokio::test]
+    async fn closing_a_second_pool_on_the_same_file_leaves_the_first_working() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = DatabaseTarget::SqliteFile(dir.path().join("chat.db"));
+        let db = open(&target).await;
+        let conversation_id = write_a_conversation(&db).await;
+        let inspector = open(&target).await;
+        assert_eq!(
+            messages::list(&inspector, conversation_id)
+                .await
+                .expect("list")
+                .len(),
+            2
+        );
+        inspector.close().await;
+        assert!(
+            messages::list(&inspector, conversation_id).await.is_err(),
+            "closed pool reads"
+        );
+
+        let answer = NewMessage {
+            conversation_id,
+            role: Role::Assistant,
+            content: "still here",
+            user_message: None,
+        };
+        messages::insert(&db, answer)
+            .await
+            .expect("write after the other pool closed");
+        assert_eq!(
+            messages::list(&db, conversation_id)
+                .await
+                .expect("list")
+                .len(),
+            3
+        );
+        db.close().await;
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Database, on_pool, on_writer};
+use super::{Database, on_reader, on_writer};
 
 /// A stored user, password hash included (never serialised to clients).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -57,15 +57,15 @@ pub async fn insert(
 /// Looks a user up by normalised email.
 pub async fn find_by_email(db: &Database, email: &str) -> Result<Option<UserRecord>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM users WHERE email = $1");
-    on_pool!(db, pool => {
-        sqlx::query_as::<_, UserRecord>(&sql).bind(email).fetch_optional(pool).await
+    on_reader!(db, conn => {
+        sqlx::query_as::<_, UserRecord>(&sql).bind(email).fetch_optional(conn).await
     })
 }
 
 /// Looks a user up by id.
 pub async fn find_by_id(db: &Database, id: i64) -> Result<Option<UserRecord>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
-    on_pool!(db, pool => {
-        sqlx::query_as::<_, UserRecord>(&sql).bind(id).fetch_optional(pool).await
+    on_reader!(db, conn => {
+        sqlx::query_as::<_, UserRecord>(&sql).bind(id).fetch_optional(conn).await
     })
 }

@@ -83,6 +83,9 @@ where
         let mut connection = pool.acquire().await?;
         return write(&mut connection).await;
     };
+    if pool.is_closed() {
+        return Err(sqlx::Error::PoolClosed);
+    }
     let (answer, answered) = oneshot::channel();
     let job: Job = Box::new(move |connection| {
         Box::pin(async move {
@@ -102,8 +105,13 @@ where
             Ran { sound, deliver }
         })
     });
-    if writer.send(Command::Write(job)).is_err() {
-        return Err(sqlx::Error::PoolClosed);
+    if let Err(mpsc::error::SendError(command)) = writer.send(Command::Write(job)) {
+        // That writer has just stopped (closed by another pool on the same
+        // file): its successor takes the write.
+        let successor = writer_of(pool).ok_or(sqlx::Error::PoolClosed)?;
+        successor
+            .send(command)
+            .map_err(|_| sqlx::Error::PoolClosed)?;
     }
     // Dropped unanswered when the batch never ran (no connection, closed pool).
     answered.await.map_err(|_| sqlx::Error::WorkerCrashed)?
@@ -164,9 +172,9 @@ async fn run_writer(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Command
         let mut batch = Vec::with_capacity(commands.len());
         for command in commands.drain(..) {
             match command {
-                Command::Write(job) if closed.is_none() => batch.push(job),
-                // Queued after the close: dropped, so its caller gets an error.
-                Command::Write(_) => {}
+                // Writes queued with the close still run: another pool may be
+                // open on the same file (a closed pool fails its writes itself).
+                Command::Write(job) => batch.push(job),
                 Command::Close(done) => closed = Some(done),
             }
         }
