@@ -152,18 +152,19 @@ impl Database {
                     // database); cut back to 64 MiB whenever it restarts.
                     .pragma("journal_size_limit", "67108864")
                     .foreign_keys(true);
-                let sqlite_readers = settings.max_connections.min(sqlite_connection_cap());
+                // Queries run on connections of `readers` and `writer`; the
+                // pool itself only applies the migrations, so its connection
+                // closes soon after startup.
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(sqlite_readers)
+                    .max_connections(1)
+                    .idle_timeout(Duration::from_secs(30))
                     .acquire_timeout(settings.acquire_timeout)
-                    // A SQLite connection is a local file handle: the default
-                    // ping before every acquire only doubles the round trips to
-                    // the connection's worker thread.
                     .test_before_acquire(false)
                     .connect_with(options)
                     .await?;
+                let sqlite_readers = settings.max_connections.min(sqlite_connection_cap());
                 writer::register(&pool);
-                readers::register(&pool, sqlite_readers as usize);
+                readers::register(&pool, sqlite_readers as usize, settings.acquire_timeout);
                 Ok(Self::Sqlite(pool))
             }
             DatabaseTarget::SqliteMemory => {

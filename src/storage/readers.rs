@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -21,6 +22,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The read connections of one file.
 pub(crate) struct Readers {
     options: Arc<SqliteConnectOptions>,
+    /// How long a read waits for a connection before giving up (503).
+    acquire_timeout: Duration,
     /// One permit per connection that may be open.
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<SqliteConnection>>,
@@ -30,10 +33,11 @@ pub(crate) struct Readers {
 static READERS: LazyLock<Mutex<HashMap<PathBuf, Arc<Readers>>>> = LazyLock::new(Mutex::default);
 
 /// Reads of the pool's file go through at most `connections` connections
-/// kept here (file databases).
-pub(crate) fn register(pool: &SqlitePool, connections: usize) {
+/// kept here (file databases), waiting at most `acquire_timeout` for one.
+pub(crate) fn register(pool: &SqlitePool, connections: usize, acquire_timeout: Duration) {
     let options = pool.connect_options();
     let readers = Readers {
+        acquire_timeout,
         permits: Arc::new(Semaphore::new(connections.max(1))),
         idle: Mutex::new(Vec::with_capacity(connections)),
         options: Arc::clone(&options),
@@ -75,10 +79,13 @@ pub(crate) async fn acquire(pool: &SqlitePool) -> Result<ReadConnection, sqlx::E
     if pool.is_closed() {
         return Err(sqlx::Error::PoolClosed);
     }
-    let permit = Arc::clone(&readers.permits)
-        .acquire_owned()
-        .await
-        .map_err(|_| sqlx::Error::PoolClosed)?;
+    let permit = tokio::time::timeout(
+        readers.acquire_timeout,
+        Arc::clone(&readers.permits).acquire_owned(),
+    )
+    .await
+    .map_err(|_| sqlx::Error::PoolTimedOut)?
+    .map_err(|_| sqlx::Error::PoolClosed)?;
     if pool.is_closed() {
         return Err(sqlx::Error::PoolClosed);
     }
@@ -163,5 +170,46 @@ impl Drop for ReadConnection {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(connection);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    #[tokio::test]
+    async fn a_read_waits_for_a_connection_at_most_the_acquire_timeout_and_reuses_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("read.db"))
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("pool");
+        register(&pool, 1, Duration::from_millis(50));
+
+        let mut held = acquire(&pool).await.expect("first connection");
+        let (one,): (i64,) = sqlx::query_as("SELECT 1")
+            .fetch_one(&mut *held)
+            .await
+            .expect("query");
+        assert_eq!(one, 1);
+        assert!(matches!(
+            acquire(&pool).await,
+            Err(sqlx::Error::PoolTimedOut)
+        ));
+        drop(held);
+        let mut again = acquire(&pool).await.expect("given back on drop");
+        sqlx::query("SELECT 1")
+            .execute(&mut *again)
+            .await
+            .expect("the kept connection still works");
+        drop(again);
+        pool.close().await;
+        assert!(matches!(acquire(&pool).await, Err(sqlx::Error::PoolClosed)));
+        close(&pool).await;
     }
 }
