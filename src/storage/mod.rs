@@ -91,6 +91,13 @@ macro_rules! on_writer {
 }
 pub(crate) use on_writer;
 
+/// Whether a connection that returned `err` can run the next query: SQLite
+/// answered (a constraint, no row), rather than the connection or its worker
+/// thread failing.
+pub(crate) fn connection_still_usable(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(_) | sqlx::Error::RowNotFound)
+}
+
 /// Most SQLite connections worth having: two per core. Each is a thread of
 /// its own doing short in-process work, and writers take turns anyway, so
 /// more only adds context switches. Measured with `bench --sections 1` on 2
@@ -237,6 +244,15 @@ mod tests {
         db
     }
 
+    fn answer(conversation_id: i64, content: &str) -> NewMessage<'_> {
+        NewMessage {
+            conversation_id,
+            role: Role::Assistant,
+            content,
+            user_message: None,
+        }
+    }
+
     /// Writes one of everything, including a refused one; returns the conversation id.
     async fn write_a_conversation(db: &Database) -> i64 {
         let user = match users::insert(db, "a@example.com", "A", "hash").await {
@@ -304,13 +320,7 @@ mod tests {
             let db = db.clone();
             async move {
                 let content = format!("message {n}");
-                let message = NewMessage {
-                    conversation_id,
-                    role: Role::Assistant,
-                    content: &content,
-                    user_message: None,
-                };
-                messages::insert(&db, message).await
+                messages::insert(&db, answer(conversation_id, &content)).await
             }
         });
         // Signups racing for one address: SQLite refuses all but one.
@@ -354,12 +364,7 @@ mod tests {
         let db = open(&DatabaseTarget::SqliteFile(dir.path().join("chat.db"))).await;
         let conversation_id = write_a_conversation(&db).await;
         db.close().await;
-        let late = NewMessage {
-            conversation_id,
-            role: Role::Assistant,
-            content: "too late",
-            user_message: None,
-        };
+        let late = answer(conversation_id, "too late");
         let outcome = tokio::time::timeout(Duration::from_secs(5), messages::insert(&db, late))
             .await
             .expect("answered, not stuck");
@@ -386,12 +391,7 @@ mod tests {
             "closed pool reads"
         );
 
-        let answer = NewMessage {
-            conversation_id,
-            role: Role::Assistant,
-            content: "still here",
-            user_message: None,
-        };
+        let answer = answer(conversation_id, "still here");
         messages::insert(&db, answer)
             .await
             .expect("write after the other pool closed");

@@ -76,9 +76,6 @@ pub(crate) async fn acquire(pool: &SqlitePool) -> Result<ReadConnection, sqlx::E
     let Some(readers) = readers_of(pool) else {
         return Ok(ReadConnection::Pooled(pool.acquire().await?));
     };
-    if pool.is_closed() {
-        return Err(sqlx::Error::PoolClosed);
-    }
     let permit = tokio::time::timeout(
         readers.acquire_timeout,
         Arc::clone(&readers.permits).acquire_owned(),
@@ -126,7 +123,7 @@ impl ReadConnection {
     /// the query (a crashed worker thread): the next read opens a fresh one.
     pub(crate) fn keep_if_sound<T>(&mut self, result: &Result<T, sqlx::Error>) {
         if let (Self::Own { sound, .. }, Err(err)) = (self, result)
-            && !matches!(err, sqlx::Error::Database(_) | sqlx::Error::RowNotFound)
+            && !super::connection_still_usable(err)
         {
             *sound = false;
         }

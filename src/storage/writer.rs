@@ -79,21 +79,21 @@ where
         + Send
         + 'static,
 {
+    if pool.is_closed() {
+        return Err(sqlx::Error::PoolClosed);
+    }
     let Some(writer) = writer_of(pool) else {
         let mut connection = pool.acquire().await?;
         return write(&mut connection).await;
     };
-    if pool.is_closed() {
-        return Err(sqlx::Error::PoolClosed);
-    }
     let (answer, answered) = oneshot::channel();
     let job: Job = Box::new(move |connection| {
         Box::pin(async move {
             let result = write(connection).await;
-            let sound = match &result {
-                Ok(_) => true,
-                Err(err) => matches!(err, sqlx::Error::Database(_) | sqlx::Error::RowNotFound),
-            };
+            let sound = result
+                .as_ref()
+                .err()
+                .is_none_or(super::connection_still_usable);
             let deliver: Deliver = Box::new(move |outcome| {
                 let result = match outcome {
                     CommitOutcome::Committed => result,
@@ -210,15 +210,13 @@ async fn run_writer(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Command
 
 /// Runs one batch: alone in autocommit, or several in one transaction.
 /// False when the connection should not be used again.
-async fn run_batch(connection: &mut SqliteConnection, batch: Vec<Job>) -> bool {
-    if batch.len() == 1 {
-        let mut sound = true;
-        for job in batch {
-            let ran = job(connection).await;
-            sound = ran.sound;
-            (ran.deliver)(CommitOutcome::Committed);
-        }
-        return sound;
+async fn run_batch(connection: &mut SqliteConnection, mut batch: Vec<Job>) -> bool {
+    if batch.len() == 1
+        && let Some(job) = batch.pop()
+    {
+        let ran = job(connection).await;
+        (ran.deliver)(CommitOutcome::Committed);
+        return ran.sound;
     }
     let mut transaction = match connection.begin().await {
         Ok(transaction) => transaction,
