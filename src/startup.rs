@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clients::ClientSetupError;
 use crate::clients::model::ModelClient;
 use crate::clients::retrieval::RetrievalClient;
 use crate::config::Config;
@@ -31,7 +32,7 @@ pub enum StartupError {
         source: std::io::Error,
     },
     #[error("cannot build an HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    HttpClient(#[from] ClientSetupError),
     #[error("cannot initialise: {0}")]
     Init(String),
 }

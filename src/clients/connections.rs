@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use hyper_util::client::legacy::connect::Connection;
+use rustls_platform_verifier::BuilderVerifierExt;
 use tokio::sync::Notify;
 
 /// How long the connection of a lane other than the first may stay idle.
@@ -23,9 +24,27 @@ const PEAK_LANE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// Configures one more client (its own connection pool), alike.
 type ConfigureClient = dyn Fn() -> reqwest::ClientBuilder + Send + Sync;
 
+/// TLS settings for every lane of an upstream: the system's root
+/// certificates read once, and one session cache, so that a lane opened for a
+/// peak resumes a session instead of making a full handshake. Left to itself,
+/// reqwest reads and parses the system's CA bundle for every client it
+/// builds (4–9 ms each, measured), here on a runtime thread while the lane
+/// list is locked.
+pub fn upstream_tls() -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The lanes to one upstream.
 pub struct Connections {
     configure: Box<ConfigureClient>,
+    /// Cloned into each lane's client: clones share the verifier and the session cache.
+    tls: rustls::ClientConfig,
     per_connection: usize,
     lanes: RwLock<Vec<Arc<Lane>>>,
     /// Told when a lane has connected or its first request gave up.
@@ -95,17 +114,25 @@ impl Drop for LaneSlot {
 }
 
 impl Connections {
-    /// `per_connection` requests at most on each lane; builds the first lane now
-    /// so that a bad client configuration stops startup.
+    /// `per_connection` requests at most on each lane, over `tls` (see
+    /// [`upstream_tls`]); builds the first lane now so that a bad client
+    /// configuration stops startup.
     pub fn new(
         per_connection: usize,
+        tls: rustls::ClientConfig,
         configure: impl Fn() -> reqwest::ClientBuilder + Send + Sync + 'static,
     ) -> Result<Self, reqwest::Error> {
         let lane_news = Arc::new(Notify::new());
         let speaks_h2 = Arc::new(AtomicBool::new(false));
-        let first = new_lane(configure(), &lane_news, &speaks_h2, 0)?;
+        let first = new_lane(
+            configure().tls_backend_preconfigured(tls.clone()),
+            &lane_news,
+            &speaks_h2,
+            0,
+        )?;
         Ok(Self {
             configure: Box::new(configure),
+            tls,
             per_connection: per_connection.max(1),
             lanes: RwLock::new(vec![Arc::new(first)]),
             lane_news,
@@ -152,7 +179,9 @@ impl Connections {
                 return Ok(slot);
             }
             // Lanes beyond the first serve peaks: their connections close soon after.
-            let mut configured = (self.configure)().pool_idle_timeout(PEAK_LANE_IDLE_TIMEOUT);
+            let mut configured = (self.configure)()
+                .tls_backend_preconfigured(self.tls.clone())
+                .pool_idle_timeout(PEAK_LANE_IDLE_TIMEOUT);
             if self.speaks_h2.load(Ordering::Acquire) {
                 configured = configured.http2_prior_knowledge();
             }
@@ -244,29 +273,35 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio::sync::watch;
     use tokio_rustls::TlsAcceptor;
-    use tokio_rustls::rustls;
 
     use super::*;
+
+    /// Connections a test server accepted, and how many of them resumed a TLS session.
+    #[derive(Default)]
+    struct Accepted {
+        connections: AtomicUsize,
+        resumed: AtomicUsize,
+    }
 
     /// An HTTP/2 server allowing `max_streams` per connection whose answers
     /// all wait until `total` requests have arrived: it answers only if they
     /// were all in flight at once. Over TLS (ALPN h2 or http/1.1, as real
     /// upstreams) when `tls` is given, else cleartext HTTP/2. Returns its
-    /// URL and a counter of accepted connections.
+    /// URL and what it accepted.
     async fn server_holding_answers(
         max_streams: u32,
         total: usize,
         tls: Option<TlsAcceptor>,
-    ) -> (String, Arc<AtomicUsize>) {
+    ) -> (String, Arc<Accepted>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{}/", listener.local_addr().expect("address"));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let accepted = Arc::clone(&connections);
+        let accepted = Arc::new(Accepted::default());
+        let counts = Arc::clone(&accepted);
         let (arrived, _) = watch::channel(0_usize);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                accepted.fetch_add(1, Ordering::SeqCst);
+                counts.connections.fetch_add(1, Ordering::SeqCst);
                 let arrived = arrived.clone();
                 let service = service_fn(move |_request| {
                     let arrived = arrived.clone();
@@ -278,11 +313,17 @@ mod tests {
                     }
                 });
                 let tls = tls.clone();
+                let counts = Arc::clone(&counts);
                 tokio::spawn(async move {
                     let mut builder = auto::Builder::new(TokioExecutor::new());
                     builder.http2().max_concurrent_streams(max_streams);
                     if let Some(acceptor) = tls {
                         if let Ok(stream) = acceptor.accept(tcp).await {
+                            if stream.get_ref().1.handshake_kind()
+                                == Some(rustls::HandshakeKind::Resumed)
+                            {
+                                counts.resumed.fetch_add(1, Ordering::SeqCst);
+                            }
                             let _ = builder
                                 .serve_connection(TokioIo::new(stream), service)
                                 .await;
@@ -294,12 +335,12 @@ mod tests {
                 });
             }
         });
-        (url, connections)
+        (url, accepted)
     }
 
     /// A TLS acceptor offering h2 and http/1.1 with a self-signed certificate
-    /// for 127.0.0.1, and that certificate for the client to trust.
-    fn tls() -> (TlsAcceptor, reqwest::Certificate) {
+    /// for 127.0.0.1, and client settings that trust it.
+    fn tls() -> (TlsAcceptor, rustls::ClientConfig) {
         let certified =
             rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
         let key =
@@ -312,8 +353,20 @@ mod tests {
             .with_single_cert(vec![certified.cert.der().clone()], key)
             .expect("server config");
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let trusted = reqwest::Certificate::from_der(certified.cert.der()).expect("certificate");
-        (TlsAcceptor::from(Arc::new(config)), trusted)
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        (TlsAcceptor::from(Arc::new(config)), client)
+    }
+
+    fn system_tls() -> rustls::ClientConfig {
+        upstream_tls().expect("system root certificates")
     }
 
     /// Sends `total` requests at once through `connections`; all must be answered.
@@ -341,14 +394,16 @@ mod tests {
         const TOTAL: usize = 5;
         let (url, accepted) = server_holding_answers(2, TOTAL, None).await;
         let connections = Arc::new(
-            Connections::new(2, || reqwest::Client::builder().http2_prior_knowledge())
-                .expect("client"),
+            Connections::new(2, system_tls(), || {
+                reqwest::Client::builder().http2_prior_knowledge()
+            })
+            .expect("client"),
         );
         // With every request on one connection the server would see two of
         // them and hold both forever.
         send_all_at_once(&connections, &url, TOTAL).await;
         assert_eq!(connections.lane_count(), 3);
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(accepted.connections.load(Ordering::SeqCst), 3);
 
         // Slots came back: the next request fits on the first lane again.
         let slot = connections.acquire().await.expect("slot");
@@ -359,24 +414,39 @@ mod tests {
     #[tokio::test]
     async fn a_burst_on_a_cold_tls_lane_opens_one_connection() {
         const TOTAL: usize = 30;
-        let (acceptor, trusted) = tls();
+        let (acceptor, trusting) = tls();
         let (url, accepted) = server_holding_answers(100, TOTAL, Some(acceptor)).await;
-        let connections = Arc::new(
-            Connections::new(100, move || {
-                reqwest::Client::builder().add_root_certificate(trusted.clone())
-            })
-            .expect("client"),
-        );
+        let connections =
+            Arc::new(Connections::new(100, trusting, reqwest::Client::builder).expect("client"));
         // hyper alone would open one connection per request here: it learns
         // from ALPN that the connection is HTTP/2 only once it is up.
         send_all_at_once(&connections, &url, TOTAL).await;
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(accepted.connections.load(Ordering::SeqCst), 1);
         assert_eq!(connections.lane_count(), 1);
     }
 
     #[tokio::test]
+    async fn a_new_lane_resumes_the_tls_session_of_an_earlier_one() {
+        let (acceptor, trusting) = tls();
+        let (url, accepted) = server_holding_answers(100, 1, Some(acceptor)).await;
+        let connections = Connections::new(1, trusting, reqwest::Client::builder).expect("client");
+        // Held, so that the next request needs a lane of its own.
+        let first = connections.acquire().await.expect("slot");
+        let answer = first.client().get(&url).send().await.expect("request");
+        assert_eq!(answer.text().await.expect("body"), "ok");
+        let second = connections.acquire().await.expect("slot");
+        let answer = second.client().get(&url).send().await.expect("request");
+        assert_eq!(answer.text().await.expect("body"), "ok");
+
+        assert_eq!(connections.lane_count(), 2);
+        assert_eq!(accepted.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(accepted.resumed.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
     async fn a_slot_is_given_back_when_dropped() {
-        let connections = Connections::new(1, reqwest::Client::builder).expect("client");
+        let connections =
+            Connections::new(1, system_tls(), reqwest::Client::builder).expect("client");
         let first = connections.acquire().await.expect("slot");
         // No connection was made: mark the first lane as connected.
         connections.read_lanes()[0]
@@ -396,7 +466,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_waiting_for_a_connecting_lane_takes_it_over_when_the_first_gives_up() {
-        let connections = Arc::new(Connections::new(5, reqwest::Client::builder).expect("client"));
+        let connections =
+            Arc::new(Connections::new(5, system_tls(), reqwest::Client::builder).expect("client"));
         let first = connections.acquire().await.expect("slot");
         let waiting = tokio::spawn({
             let connections = Arc::clone(&connections);

@@ -6,7 +6,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::clients::connections::Connections;
+use crate::clients::ClientSetupError;
+use crate::clients::connections::{Connections, upstream_tls};
 use crate::config::PineconeConfig;
 
 /// Characters left as-is in a path segment (RFC 3986 unreserved).
@@ -69,13 +70,14 @@ struct Hit {
 }
 
 impl RetrievalClient {
-    pub fn new(config: PineconeConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(config: PineconeConfig) -> Result<Self, ClientSetupError> {
         let timeout = config.timeout;
-        let connections = Connections::new(config.streams_per_connection, move || {
-            reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-        })?;
+        let connections =
+            Connections::new(config.streams_per_connection, upstream_tls()?, move || {
+                reqwest::Client::builder()
+                    .timeout(timeout)
+                    .connect_timeout(timeout)
+            })?;
         let search_url = format!(
             "{}/records/namespaces/{}/search",
             config.base_url,
