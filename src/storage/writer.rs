@@ -41,9 +41,11 @@ pub(crate) fn shared_commits() -> u64 {
 /// Hands a write's outcome to its caller once its commit is known.
 type Deliver = Box<dyn FnOnce(CommitOutcome) + Send>;
 
-/// A write that ran: whether its connection is still sound, and the handover.
+/// A write that ran: whether its connection is still sound, whether its
+/// failure may have ended the transaction it ran in, and the handover.
 struct Ran {
     sound: bool,
+    may_have_ended_transaction: bool,
     deliver: Deliver,
 }
 
@@ -71,7 +73,10 @@ enum CommitOutcome {
 /// A write that fails with SQLite's answer to a statement (a constraint, say)
 /// is undone alone, as SQLite undoes a failed statement; writes that need
 /// several statements to be all-or-nothing open their own (nested)
-/// transaction, which becomes a savepoint when they share a commit.
+/// transaction, which becomes a savepoint when they share a commit. A write
+/// failing in a way that may roll back the whole transaction (a full disk)
+/// takes the writes that shared it before it down with it: they are
+/// answered with an error and not stored.
 pub(crate) async fn write<T, F>(pool: &SqlitePool, write: F) -> Result<T, sqlx::Error>
 where
     T: Send + 'static,
@@ -90,10 +95,9 @@ where
     let job: Job = Box::new(move |connection| {
         Box::pin(async move {
             let result = write(connection).await;
-            let sound = result
-                .as_ref()
-                .err()
-                .is_none_or(super::connection_still_usable);
+            let failure = result.as_ref().err();
+            let sound = failure.is_none_or(super::connection_still_usable);
+            let may_have_ended_transaction = failure.is_some_and(may_end_the_transaction);
             let deliver: Deliver = Box::new(move |outcome| {
                 let result = match outcome {
                     CommitOutcome::Committed => result,
@@ -102,7 +106,11 @@ where
                 // The caller may have gone (request cancelled): the write stays done.
                 let _ = answer.send(result);
             });
-            Ran { sound, deliver }
+            Ran {
+                sound,
+                may_have_ended_transaction,
+                deliver,
+            }
         })
     });
     if let Err(mpsc::error::SendError(command)) = writer.send(Command::Write(job)) {
@@ -178,23 +186,26 @@ async fn run_writer(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Command
                 Command::Close(done) => closed = Some(done),
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
-        let open = match connection.take() {
-            Some(open) => Ok(open),
-            None if pool.is_closed() => Err(sqlx::Error::PoolClosed),
-            None => SqliteConnection::connect_with(&pool.connect_options()).await,
-        };
-        match open {
-            Ok(mut open) => {
-                if run_batch(&mut open, batch).await {
-                    connection = Some(open);
+        // More than one pass only when a write ended its group commit early.
+        while !batch.is_empty() {
+            let open = match connection.take() {
+                Some(open) => Ok(open),
+                None if pool.is_closed() => Err(sqlx::Error::PoolClosed),
+                None => SqliteConnection::connect_with(&pool.connect_options()).await,
+            };
+            match open {
+                Ok(mut open) => {
+                    let ran = run_batch(&mut open, batch).await;
+                    if ran.reusable {
+                        connection = Some(open);
+                    }
+                    batch = ran.unrun;
                 }
-            }
-            Err(err) => {
-                // Dropping the batch answers each caller with an error.
-                tracing::error!(error = %err, writes = batch.len(), "no SQLite writing connection");
+                Err(err) => {
+                    // Dropping the batch answers each caller with an error.
+                    tracing::error!(error = %err, writes = batch.len(), "no SQLite writing connection");
+                    break;
+                }
             }
         }
     }
@@ -208,31 +219,68 @@ async fn run_writer(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Command
     }
 }
 
+/// What running a batch left behind.
+struct BatchRun {
+    /// False when the connection should not be used again.
+    reusable: bool,
+    /// Writes left to run, after one that may have ended the batch's transaction.
+    unrun: Vec<Job>,
+}
+
 /// Runs one batch: alone in autocommit, or several in one transaction.
-/// False when the connection should not be used again.
-async fn run_batch(connection: &mut SqliteConnection, mut batch: Vec<Job>) -> bool {
+async fn run_batch(connection: &mut SqliteConnection, mut batch: Vec<Job>) -> BatchRun {
     if batch.len() == 1
         && let Some(job) = batch.pop()
     {
         let ran = job(connection).await;
         (ran.deliver)(CommitOutcome::Committed);
-        return ran.sound;
+        return BatchRun {
+            reusable: ran.sound,
+            unrun: Vec::new(),
+        };
     }
     let mut transaction = match connection.begin().await {
         Ok(transaction) => transaction,
         Err(err) => {
+            // Dropping the batch answers each caller with an error.
             tracing::error!(error = %err, writes = batch.len(), "could not begin a group commit");
-            return false;
+            return BatchRun {
+                reusable: false,
+                unrun: Vec::new(),
+            };
         }
     };
-    let mut delivers = Vec::with_capacity(batch.len());
+    let mut jobs = batch.into_iter();
+    let mut delivers: Vec<Deliver> = Vec::with_capacity(jobs.len());
     let mut sound = true;
-    for job in batch {
+    for job in jobs.by_ref() {
         let ran = job(&mut transaction).await;
         sound &= ran.sound;
+        if ran.may_have_ended_transaction {
+            // Its own error is its answer. The writes before it are undone
+            // (SQLite may have done so already); the rest run after.
+            (ran.deliver)(CommitOutcome::Committed);
+            tracing::error!(
+                undone = delivers.len(),
+                "a write failed in a way that may roll back its whole transaction; \
+                 undoing the writes of its group commit that came before it"
+            );
+            for deliver in delivers {
+                deliver(CommitOutcome::Failed(
+                    "undone with its group commit after another write in it failed".into(),
+                ));
+            }
+            // Fails when SQLite has rolled back already. sqlx then still
+            // counts the transaction as open, so the connection is replaced.
+            let rolled_back = transaction.rollback().await.is_ok();
+            return BatchRun {
+                reusable: sound && rolled_back,
+                unrun: jobs.collect(),
+            };
+        }
         delivers.push(ran.deliver);
     }
-    match transaction.commit().await {
+    let reusable = match transaction.commit().await {
         Ok(()) => {
             SHARED_COMMITS.fetch_add(1, Ordering::Relaxed);
             for deliver in delivers {
@@ -248,5 +296,120 @@ async fn run_batch(connection: &mut SqliteConnection, mut batch: Vec<Job>) -> bo
             }
             false
         }
+    };
+    BatchRun {
+        reusable,
+        unrun: Vec::new(),
+    }
+}
+
+/// Errors after which SQLite may have rolled back the whole transaction
+/// rather than the failed statement alone (SQLITE_BUSY, SQLITE_NOMEM,
+/// SQLITE_IOERR, SQLITE_FULL: <https://sqlite.org/lang_transaction.html>).
+/// Whether it did can only be asked through the C API, so a group commit
+/// treats its transaction as ended either way.
+fn may_end_the_transaction(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(err) = err else {
+        return false;
+    };
+    // sqlx reports the extended result code; its low byte is the primary one.
+    err.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 7 | 10 | 13))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::time::Duration;
+
+    use sqlx::Row;
+
+    use super::*;
+    use crate::storage::{Database, DatabaseTarget, PoolSettings};
+
+    /// A write of one statement.
+    fn statement(
+        pool: &SqlitePool,
+        sql: &'static str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> {
+        write(pool, move |connection| {
+            Box::pin(async move { sqlx::query(sql).execute(connection).await.map(|_| ()) })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_write_that_may_end_a_group_commit_undoes_the_writes_before_it_not_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = DatabaseTarget::SqliteFile(dir.path().join("full.db"));
+        let db = Database::connect(&target, PoolSettings::small(Duration::from_secs(5)))
+            .await
+            .expect("open database");
+        let Database::Sqlite(pool) = &db else {
+            panic!("a SQLite file opens as SQLite");
+        };
+        statement(pool, "CREATE TABLE t (v TEXT)")
+            .await
+            .expect("create table");
+
+        // A write holding the writer, so that the next three queue up and share one commit.
+        let (started, has_started) = oneshot::channel();
+        let (release, released) = oneshot::channel::<()>();
+        let holder = write(pool, move |_connection| {
+            Box::pin(async move {
+                let _ = started.send(());
+                let _ = released.await;
+                Ok(())
+            })
+        });
+        let mut holder = pin!(holder);
+        assert!(futures::poll!(holder.as_mut()).is_pending());
+        has_started.await.expect("the holding write runs");
+        let mut before = pin!(statement(pool, "INSERT INTO t (v) VALUES ('before')"));
+        // Fails with SQLITE_FULL: the file may not grow.
+        let mut full = pin!(write(pool, |connection| {
+            Box::pin(async move {
+                let pages: i64 = sqlx::query("PRAGMA page_count")
+                    .fetch_one(&mut *connection)
+                    .await?
+                    .get(0);
+                sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+                    .execute(&mut *connection)
+                    .await?;
+                let grown = sqlx::query("INSERT INTO t (v) VALUES (hex(randomblob(100000)))")
+                    .execute(&mut *connection)
+                    .await
+                    .map(|_| ());
+                sqlx::query("PRAGMA max_page_count = 1073741823")
+                    .execute(&mut *connection)
+                    .await?;
+                grown
+            })
+        }));
+        let mut after = pin!(statement(pool, "INSERT INTO t (v) VALUES ('after')"));
+        // Polled once, each write is queued.
+        assert!(futures::poll!(before.as_mut()).is_pending());
+        assert!(futures::poll!(full.as_mut()).is_pending());
+        assert!(futures::poll!(after.as_mut()).is_pending());
+        release.send(()).expect("holder waiting");
+        holder.await.expect("holding write");
+
+        let before = before.await;
+        assert!(
+            matches!(&before, Err(sqlx::Error::Protocol(why)) if why.contains("undone")),
+            "{before:?}"
+        );
+        let full = full.await;
+        assert!(
+            matches!(&full, Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("13")),
+            "{full:?}"
+        );
+        after.await.expect("the write after the failure is stored");
+        let stored: Vec<String> = sqlx::query_scalar("SELECT v FROM t")
+            .fetch_all(pool)
+            .await
+            .expect("read");
+        assert_eq!(stored, ["after"]);
+        db.close().await;
     }
 }
