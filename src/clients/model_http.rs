@@ -19,7 +19,7 @@
 //! until it has been read to the end or dropped.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,8 +28,12 @@ use async_openai::middleware::HttpRequestFactory;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use memchr::memmem;
 
 use crate::clients::connections::{Connections, LaneSlot};
+
+/// The end-of-answer marker, looked for in each chunk (SIMD search).
+static DONE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"[DONE]"));
 
 /// How long a finished answer's stream may take to deliver its last frame.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -110,7 +114,7 @@ impl Body for FinishAfterDone {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref()
-                    && data.windows(6).any(|window| window == b"[DONE]")
+                    && DONE.find(data).is_some()
                 {
                     this.saw_done = true;
                 }
