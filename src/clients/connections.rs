@@ -21,6 +21,14 @@ use tokio::sync::Notify;
 /// How long the connection of a lane other than the first may stay idle.
 const PEAK_LANE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The first lane is kept for steady load; the others serve peaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LaneKind {
+    First,
+    /// Its connection closes soon after the peak.
+    Peak,
+}
+
 /// Configures one more client (its own connection pool), alike.
 type ConfigureClient = dyn Fn() -> reqwest::ClientBuilder + Send + Sync;
 
@@ -51,7 +59,8 @@ pub struct Connections {
     lane_news: Arc<Notify>,
     /// Learned from the first connection's ALPN: the upstream speaks HTTP/2,
     /// so lanes opened later say so from the start, and hyper then makes one
-    /// connection per lane even when a burst arrives as it reconnects.
+    /// connection per lane even when a burst arrives as it reconnects. The
+    /// first lane, built before anyone knew, is then replaced by one that does.
     speaks_h2: Arc<AtomicBool>,
 }
 
@@ -66,6 +75,8 @@ impl std::fmt::Debug for Connections {
 
 struct Lane {
     client: reqwest::Client,
+    /// Built knowing that the upstream speaks HTTP/2.
+    prior_knowledge: bool,
     in_flight: AtomicUsize,
     /// Set when the lane's client has established a connection. Until then
     /// the lane carries one request: hyper learns that a TLS connection
@@ -122,22 +133,21 @@ impl Connections {
         tls: rustls::ClientConfig,
         configure: impl Fn() -> reqwest::ClientBuilder + Send + Sync + 'static,
     ) -> Result<Self, reqwest::Error> {
-        let lane_news = Arc::new(Notify::new());
-        let speaks_h2 = Arc::new(AtomicBool::new(false));
-        let first = new_lane(
-            configure().tls_backend_preconfigured(tls.clone()),
-            &lane_news,
-            &speaks_h2,
-            0,
-        )?;
-        Ok(Self {
+        let mut connections = Self {
             configure: Box::new(configure),
             tls,
             per_connection: per_connection.max(1),
-            lanes: RwLock::new(vec![Arc::new(first)]),
-            lane_news,
-            speaks_h2,
-        })
+            lanes: RwLock::new(Vec::new()),
+            lane_news: Arc::new(Notify::new()),
+            speaks_h2: Arc::new(AtomicBool::new(false)),
+        };
+        let first = connections.new_lane(LaneKind::First, 0)?;
+        connections
+            .lanes
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Arc::new(first));
+        Ok(connections)
     }
 
     /// The first client, for uses that need one outside a request.
@@ -158,6 +168,11 @@ impl Connections {
             news.as_mut().enable();
             let connecting = {
                 let lanes = self.read_lanes();
+                if self.first_lane_lacks_prior_knowledge(&lanes) {
+                    drop(lanes);
+                    self.renew_first_lane()?;
+                    continue;
+                }
                 if let Some(slot) = self.take_existing(&lanes) {
                     return Ok(slot);
                 }
@@ -178,15 +193,8 @@ impl Connections {
             if let Some(slot) = self.take_existing(&lanes) {
                 return Ok(slot);
             }
-            // Lanes beyond the first serve peaks: their connections close soon after.
-            let mut configured = (self.configure)()
-                .tls_backend_preconfigured(self.tls.clone())
-                .pool_idle_timeout(PEAK_LANE_IDLE_TIMEOUT);
-            if self.speaks_h2.load(Ordering::Acquire) {
-                configured = configured.http2_prior_knowledge();
-            }
             // Born holding this request's slot.
-            let lane = Arc::new(new_lane(configured, &self.lane_news, &self.speaks_h2, 1)?);
+            let lane = Arc::new(self.new_lane(LaneKind::Peak, 1)?);
             lanes.push(Arc::clone(&lane));
             tracing::debug!(
                 lanes = lanes.len(),
@@ -194,6 +202,67 @@ impl Connections {
             );
             return Ok(LaneSlot(lane));
         }
+    }
+
+    /// Whether the first lane was built before the upstream was known to
+    /// speak HTTP/2 and carries nothing now. Its connection closes when idle
+    /// for long; a burst on its next one would then open a connection per
+    /// request, as at startup.
+    fn first_lane_lacks_prior_knowledge(&self, lanes: &[Arc<Lane>]) -> bool {
+        lanes.first().is_some_and(|first| {
+            !first.prior_knowledge && first.in_flight.load(Ordering::Acquire) == 0
+        }) && self.speaks_h2.load(Ordering::Acquire)
+    }
+
+    /// Replaces the idle first lane by one that knows the upstream speaks
+    /// HTTP/2 (once, at the cost of one more connection).
+    fn renew_first_lane(&self) -> Result<(), reqwest::Error> {
+        let mut lanes = self
+            .lanes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.first_lane_lacks_prior_knowledge(&lanes) {
+            lanes[0] = Arc::new(self.new_lane(LaneKind::First, 0)?);
+        }
+        Ok(())
+    }
+
+    /// A lane whose client reports its first connection to `lane_news`.
+    fn new_lane(&self, kind: LaneKind, in_flight: usize) -> Result<Lane, reqwest::Error> {
+        let mut configured = (self.configure)().tls_backend_preconfigured(self.tls.clone());
+        if kind == LaneKind::Peak {
+            configured = configured.pool_idle_timeout(PEAK_LANE_IDLE_TIMEOUT);
+        }
+        let prior_knowledge = self.speaks_h2.load(Ordering::Acquire);
+        if prior_knowledge {
+            configured = configured.http2_prior_knowledge();
+        }
+        let connected = Arc::new(AtomicBool::new(false));
+        let report = {
+            let connected = Arc::clone(&connected);
+            let lane_news = Arc::clone(&self.lane_news);
+            let speaks_h2 = Arc::clone(&self.speaks_h2);
+            // Runs when a connection (TCP and TLS) is up, before hyper puts it in the pool.
+            move |connection| {
+                if negotiated_h2(&connection) {
+                    speaks_h2.store(true, Ordering::Release);
+                }
+                if !connected.swap(true, Ordering::AcqRel) {
+                    lane_news.notify_waiters();
+                }
+                connection
+            }
+        };
+        let client = configured
+            .connector_layer(tower::util::MapResponseLayer::new(report))
+            .build()?;
+        Ok(Lane {
+            client,
+            prior_knowledge,
+            in_flight: AtomicUsize::new(in_flight),
+            connected,
+            lane_news: Arc::clone(&self.lane_news),
+        })
     }
 
     fn take_existing(&self, lanes: &[Arc<Lane>]) -> Option<LaneSlot> {
@@ -221,40 +290,6 @@ fn any_connecting(lanes: &[Arc<Lane>]) -> bool {
         .any(|lane| !lane.connected.load(Ordering::Acquire))
 }
 
-/// A lane whose client reports its first connection to `lane_news`.
-fn new_lane(
-    configured: reqwest::ClientBuilder,
-    lane_news: &Arc<Notify>,
-    speaks_h2: &Arc<AtomicBool>,
-    in_flight: usize,
-) -> Result<Lane, reqwest::Error> {
-    let connected = Arc::new(AtomicBool::new(false));
-    let report = {
-        let connected = Arc::clone(&connected);
-        let lane_news = Arc::clone(lane_news);
-        let speaks_h2 = Arc::clone(speaks_h2);
-        // Runs when a connection (TCP and TLS) is up, before hyper puts it in the pool.
-        move |connection| {
-            if negotiated_h2(&connection) {
-                speaks_h2.store(true, Ordering::Release);
-            }
-            if !connected.swap(true, Ordering::AcqRel) {
-                lane_news.notify_waiters();
-            }
-            connection
-        }
-    };
-    let client = configured
-        .connector_layer(tower::util::MapResponseLayer::new(report))
-        .build()?;
-    Ok(Lane {
-        client,
-        in_flight: AtomicUsize::new(in_flight),
-        connected,
-        lane_news: Arc::clone(lane_news),
-    })
-}
-
 /// Whether TLS negotiated HTTP/2 (ALPN) on a new connection.
 fn negotiated_h2(connection: &impl Connection) -> bool {
     connection.connected().is_negotiated_h2()
@@ -276,11 +311,28 @@ mod tests {
 
     use super::*;
 
-    /// Connections a test server accepted, and how many of them resumed a TLS session.
+    /// Connections a test server accepted, how many of them resumed a TLS
+    /// session, and how many have closed.
     #[derive(Default)]
     struct Accepted {
         connections: AtomicUsize,
         resumed: AtomicUsize,
+        closed: AtomicUsize,
+        closing: Notify,
+    }
+
+    impl Accepted {
+        async fn closed(&self, count: usize) {
+            loop {
+                let closing = self.closing.notified();
+                tokio::pin!(closing);
+                closing.as_mut().enable();
+                if self.closed.load(Ordering::SeqCst) >= count {
+                    return;
+                }
+                closing.await;
+            }
+        }
     }
 
     /// An HTTP/2 server allowing `max_streams` per connection whose answers
@@ -332,6 +384,8 @@ mod tests {
                         let cleartext = builder.http2_only();
                         let _ = cleartext.serve_connection(TokioIo::new(tcp), service).await;
                     }
+                    counts.closed.fetch_add(1, Ordering::SeqCst);
+                    counts.closing.notify_waiters();
                 });
             }
         });
@@ -441,6 +495,30 @@ mod tests {
         assert_eq!(connections.lane_count(), 2);
         assert_eq!(accepted.connections.load(Ordering::SeqCst), 2);
         assert_eq!(accepted.resumed.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_burst_after_the_first_lane_went_idle_opens_one_connection() {
+        const TOTAL: usize = 30;
+        let (acceptor, trusting) = tls();
+        let (url, accepted) = server_holding_answers(100, 1, Some(acceptor)).await;
+        let connections = Arc::new(
+            Connections::new(100, trusting, || {
+                reqwest::Client::builder().pool_idle_timeout(Duration::from_millis(50))
+            })
+            .expect("client"),
+        );
+        send_all_at_once(&connections, &url, 1).await;
+        // The first lane's connection is closed for idleness.
+        tokio::time::timeout(Duration::from_secs(10), accepted.closed(1))
+            .await
+            .expect("the idle connection closes");
+
+        // Without knowing that the upstream speaks HTTP/2, hyper would open a
+        // connection per request of the burst.
+        send_all_at_once(&connections, &url, TOTAL).await;
+        assert_eq!(accepted.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(connections.lane_count(), 1);
     }
 
     #[tokio::test]
