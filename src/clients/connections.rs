@@ -18,6 +18,8 @@ use hyper_util::client::legacy::connect::Connection;
 use rustls_platform_verifier::BuilderVerifierExt;
 use tokio::sync::Notify;
 
+use crate::clients::ClientSetupError;
+
 /// How long the connection of a lane other than the first may stay idle.
 const PEAK_LANE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -38,7 +40,7 @@ type ConfigureClient = dyn Fn() -> reqwest::ClientBuilder + Send + Sync;
 /// reqwest reads and parses the system's CA bundle for every client it
 /// builds (4–9 ms each, measured), here on a runtime thread while the lane
 /// list is locked.
-pub fn upstream_tls() -> Result<rustls::ClientConfig, rustls::Error> {
+fn upstream_tls() -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -125,10 +127,18 @@ impl Drop for LaneSlot {
 }
 
 impl Connections {
-    /// `per_connection` requests at most on each lane, over `tls` (see
-    /// [`upstream_tls`]); builds the first lane now so that a bad client
+    /// `per_connection` requests at most on each lane, trusting the system's
+    /// root certificates; builds the first lane now so that a bad client
     /// configuration stops startup.
     pub fn new(
+        per_connection: usize,
+        configure: impl Fn() -> reqwest::ClientBuilder + Send + Sync + 'static,
+    ) -> Result<Self, ClientSetupError> {
+        Ok(Self::with_tls(per_connection, upstream_tls()?, configure)?)
+    }
+
+    /// As [`Connections::new`], over the TLS settings `tls`.
+    fn with_tls(
         per_connection: usize,
         tls: rustls::ClientConfig,
         configure: impl Fn() -> reqwest::ClientBuilder + Send + Sync + 'static,
@@ -419,10 +429,6 @@ mod tests {
         (TlsAcceptor::from(Arc::new(config)), client)
     }
 
-    fn system_tls() -> rustls::ClientConfig {
-        upstream_tls().expect("system root certificates")
-    }
-
     /// Sends `total` requests at once through `connections`; all must be answered.
     async fn send_all_at_once(connections: &Arc<Connections>, url: &str, total: usize) {
         let requests = (0..total).map(|_| {
@@ -448,10 +454,8 @@ mod tests {
         const TOTAL: usize = 5;
         let (url, accepted) = server_holding_answers(2, TOTAL, None).await;
         let connections = Arc::new(
-            Connections::new(2, system_tls(), || {
-                reqwest::Client::builder().http2_prior_knowledge()
-            })
-            .expect("client"),
+            Connections::new(2, || reqwest::Client::builder().http2_prior_knowledge())
+                .expect("client"),
         );
         // With every request on one connection the server would see two of
         // them and hold both forever.
@@ -470,8 +474,9 @@ mod tests {
         const TOTAL: usize = 30;
         let (acceptor, trusting) = tls();
         let (url, accepted) = server_holding_answers(100, TOTAL, Some(acceptor)).await;
-        let connections =
-            Arc::new(Connections::new(100, trusting, reqwest::Client::builder).expect("client"));
+        let connections = Arc::new(
+            Connections::with_tls(100, trusting, reqwest::Client::builder).expect("client"),
+        );
         // hyper alone would open one connection per request here: it learns
         // from ALPN that the connection is HTTP/2 only once it is up.
         send_all_at_once(&connections, &url, TOTAL).await;
@@ -483,7 +488,8 @@ mod tests {
     async fn a_new_lane_resumes_the_tls_session_of_an_earlier_one() {
         let (acceptor, trusting) = tls();
         let (url, accepted) = server_holding_answers(100, 1, Some(acceptor)).await;
-        let connections = Connections::new(1, trusting, reqwest::Client::builder).expect("client");
+        let connections =
+            Connections::with_tls(1, trusting, reqwest::Client::builder).expect("client");
         // Held, so that the next request needs a lane of its own.
         let first = connections.acquire().await.expect("slot");
         let answer = first.client().get(&url).send().await.expect("request");
@@ -503,7 +509,7 @@ mod tests {
         let (acceptor, trusting) = tls();
         let (url, accepted) = server_holding_answers(100, 1, Some(acceptor)).await;
         let connections = Arc::new(
-            Connections::new(100, trusting, || {
+            Connections::with_tls(100, trusting, || {
                 reqwest::Client::builder().pool_idle_timeout(Duration::from_millis(50))
             })
             .expect("client"),
@@ -523,8 +529,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slot_is_given_back_when_dropped() {
-        let connections =
-            Connections::new(1, system_tls(), reqwest::Client::builder).expect("client");
+        let connections = Connections::new(1, reqwest::Client::builder).expect("client");
         let first = connections.acquire().await.expect("slot");
         // No connection was made: mark the first lane as connected.
         connections.read_lanes()[0]
@@ -544,8 +549,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_waiting_for_a_connecting_lane_takes_it_over_when_the_first_gives_up() {
-        let connections =
-            Arc::new(Connections::new(5, system_tls(), reqwest::Client::builder).expect("client"));
+        let connections = Arc::new(Connections::new(5, reqwest::Client::builder).expect("client"));
         let first = connections.acquire().await.expect("slot");
         let waiting = tokio::spawn({
             let connections = Arc::clone(&connections);

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::clients::ClientSetupError;
-use crate::clients::connections::{Connections, upstream_tls};
+use crate::clients::connections::Connections;
 use crate::clients::model_http::ModelHttp;
 use crate::config::ModelConfig;
 
@@ -123,14 +123,13 @@ impl ModelClient {
             .with_api_key(api_key.expose())
             .with_api_base(&config.base_url);
         let connect_timeout = config.connect_timeout;
-        let connections =
-            Connections::new(config.streams_per_connection, upstream_tls()?, move || {
-                // No total timeout on the HTTP client: it would cap every stream.
-                reqwest::Client::builder()
-                    .connect_timeout(connect_timeout)
-                    .tcp_nodelay(true)
-                    .pool_idle_timeout(Duration::from_secs(60))
-            })?;
+        let connections = Connections::new(config.streams_per_connection, move || {
+            // No total timeout on the HTTP client: it would cap every stream.
+            reqwest::Client::builder()
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(60))
+        })?;
         Ok(Some(Self {
             // Our reqwest service (see `model_http`), without async-openai's built-in retry
             // layer (3 retries, honouring long Retry-After on 429): we retry a

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::clients::ClientSetupError;
-use crate::clients::connections::{Connections, upstream_tls};
+use crate::clients::connections::Connections;
 use crate::config::PineconeConfig;
 
 /// Characters left as-is in a path segment (RFC 3986 unreserved).
@@ -72,12 +72,11 @@ struct Hit {
 impl RetrievalClient {
     pub fn new(config: PineconeConfig) -> Result<Self, ClientSetupError> {
         let timeout = config.timeout;
-        let connections =
-            Connections::new(config.streams_per_connection, upstream_tls()?, move || {
-                reqwest::Client::builder()
-                    .timeout(timeout)
-                    .connect_timeout(timeout)
-            })?;
+        let connections = Connections::new(config.streams_per_connection, move || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+        })?;
         let search_url = format!(
             "{}/records/namespaces/{}/search",
             config.base_url,

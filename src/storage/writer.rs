@@ -265,11 +265,10 @@ async fn run_batch(connection: &mut SqliteConnection, mut batch: Vec<Job>) -> Ba
                 "a write failed in a way that may roll back its whole transaction; \
                  undoing the writes of its group commit that came before it"
             );
-            for deliver in delivers {
-                deliver(CommitOutcome::Failed(
-                    "undone with its group commit after another write in it failed".into(),
-                ));
-            }
+            fail_all(
+                delivers,
+                "undone with its group commit after another write in it failed",
+            );
             // Fails when SQLite has rolled back already. sqlx then still
             // counts the transaction as open, so the connection is replaced.
             let rolled_back = transaction.rollback().await.is_ok();
@@ -290,16 +289,20 @@ async fn run_batch(connection: &mut SqliteConnection, mut batch: Vec<Job>) -> Ba
         }
         Err(err) => {
             tracing::error!(error = %err, writes = delivers.len(), "a group commit failed");
-            let why = format!("commit failed: {err}");
-            for deliver in delivers {
-                deliver(CommitOutcome::Failed(why.clone()));
-            }
+            fail_all(delivers, &format!("commit failed: {err}"));
             false
         }
     };
     BatchRun {
         reusable,
         unrun: Vec::new(),
+    }
+}
+
+/// Answers each write with an error: it is not stored.
+fn fail_all(delivers: Vec<Deliver>, why: &str) {
+    for deliver in delivers {
+        deliver(CommitOutcome::Failed(why.to_owned()));
     }
 }
 
