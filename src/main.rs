@@ -1,6 +1,9 @@
-//! The `eloquent` server binary. `eloquent migrate` applies migrations and exits.
+//! The `eloquent` server binary: `eloquent [serve]` serves; `eloquent migrate
+//! [--dry-run]` applies migrations, adopts the Python service's tables and exits.
 
 use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 
 use eloquent::startup::{self, Application};
 use eloquent::{Config, telemetry};
@@ -10,8 +13,29 @@ use eloquent::{Config, telemetry};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Fintech customer-support chat backend (HTTP, SSE and WebSocket).
+#[derive(Parser)]
+#[command(name = "eloquent", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Apply migrations and adopt the Python service's tables, then exit.
+    Migrate {
+        /// Report what would be adopted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -21,21 +45,24 @@ async fn main() -> ExitCode {
     };
     telemetry::init(config.log_format);
     tokio::spawn(log_memory_on_sigusr1());
-    let result = match std::env::args().nth(1).as_deref() {
-        Some("migrate") => startup::open_database(&config).await.map(|_| {
-            tracing::info!("migrations applied");
-        }),
-        None | Some("serve") => match Application::build(config).await {
+    let result = match cli.command {
+        Some(Command::Migrate { dry_run: true }) => {
+            startup::adoption_dry_run(&config).await.map(|outcome| {
+                println!("dry run, nothing changed: {outcome}");
+            })
+        }
+        Some(Command::Migrate { dry_run: false }) => {
+            startup::open_database(&config).await.map(|_| {
+                tracing::info!("migrations applied");
+            })
+        }
+        None | Some(Command::Serve) => match Application::build(config).await {
             Ok(app) => app
                 .run_until_stopped(startup::shutdown_signal())
                 .await
                 .map_err(|err| startup::StartupError::Init(err.to_string())),
             Err(err) => Err(err),
         },
-        Some(other) => {
-            eprintln!("unknown command {other:?}: use `eloquent` (serve) or `eloquent migrate`");
-            return ExitCode::FAILURE;
-        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,9 +15,10 @@ use crate::clients::model::ModelClient;
 use crate::clients::retrieval::RetrievalClient;
 use crate::config::Config;
 use crate::http::{self, AppServices, AppState};
+use crate::services::adoption::{self, AdoptionError, Mode, Outcome};
 use crate::services::auth::AuthService;
 use crate::services::chat::{ChatService, ChatSettings};
-use crate::storage::{Database, PoolSettings};
+use crate::storage::{Database, PoolSettings, legacy};
 
 /// Why the server could not start; one line each.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,10 @@ pub enum StartupError {
     Database(#[from] sqlx::Error),
     #[error("cannot apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Adoption(#[from] AdoptionError),
+    #[error("cannot back up the SQLite file before adopting the Python service's tables: {0}")]
+    Backup(sqlx::Error),
     #[error("cannot bind {addr} (HOST/PORT): {source}")]
     Bind {
         addr: SocketAddr,
@@ -37,7 +42,9 @@ pub enum StartupError {
     Init(String),
 }
 
-/// Opens the database of `config` and applies its migrations.
+/// Opens the database of `config`, applies its migrations and adopts the
+/// Python service's tables if it finds rows there not adopted yet (on a
+/// SQLite file, after a `VACUUM INTO` copy of it).
 pub async fn open_database(config: &Config) -> Result<Database, StartupError> {
     let settings = PoolSettings {
         max_connections: config.db_pool_size,
@@ -46,8 +53,44 @@ pub async fn open_database(config: &Config) -> Result<Database, StartupError> {
         max_lifetime: config.db_max_lifetime,
     };
     let db = Database::connect(&config.database, settings).await?;
+    // The copy comes before the first change, migrations included.
+    let backup = if adoption::pending(&db).await? {
+        legacy::backup_sqlite(&db)
+            .await
+            .map_err(StartupError::Backup)?
+            .map(|path| path.display().to_string())
+    } else {
+        None
+    };
     db.migrate().await?;
+    match adoption::adopt(&db, Mode::Apply, backup.clone()).await? {
+        Outcome::Adopted(adopted) => tracing::info!(
+            backup = backup
+                .as_deref()
+                .unwrap_or("none (PostgreSQL: take your own)"),
+            elapsed_ms = adopted.elapsed.as_millis() as u64,
+            "adopted the Python service's data: {adopted}"
+        ),
+        Outcome::NoLegacyTables => {}
+        outcome => tracing::info!("{outcome}"),
+    }
     Ok(db)
+}
+
+/// What adoption would do on the database of `config`, changing nothing
+/// (SQLite files are opened read-only; PostgreSQL in a read-only transaction).
+pub async fn adoption_dry_run(config: &Config) -> Result<Outcome, StartupError> {
+    let Some(db) = legacy::open_read_only(&config.database).await? else {
+        return Ok(Outcome::NoLegacyTables);
+    };
+    let outcome = adoption::adopt(&db, Mode::DryRun, None).await;
+    // Not `Database::close`: that would also close the writer and readers a
+    // server in this process keeps for the same file.
+    match db {
+        Database::Sqlite(pool) => pool.close().await,
+        Database::Postgres(pool) => pool.close().await,
+    }
+    Ok(outcome?)
 }
 
 /// A bound, ready-to-run server.

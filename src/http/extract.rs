@@ -206,7 +206,10 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         Ok(MaybeAuthUser(
-            state.auth.optional_caller(bearer_token(&parts.headers))?,
+            state
+                .auth
+                .optional_caller(bearer_token(&parts.headers))
+                .await?,
         ))
     }
 }

@@ -86,7 +86,7 @@ struct Session {
 
 impl Session {
     async fn run(mut self, conversation_id: i64, token: Option<String>) {
-        let caller = match self.state.auth.optional_caller(token.as_deref()) {
+        let caller = match self.state.auth.optional_caller(token.as_deref()).await {
             Ok(caller) => caller,
             Err(err) => return self.fail(&err.public_message()).await,
         };

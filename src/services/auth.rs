@@ -144,7 +144,7 @@ impl AuthService {
     pub async fn login(&self, email: &str, password: &str) -> Result<Session, AppError> {
         const INVALID: AppError = AppError::Unauthorized("Invalid email or password");
         let user = match normalize_email(email) {
-            Ok(email) => users::find_by_email(&self.db, &email).await?,
+            Ok(normalized) => users::find_for_login(&self.db, &normalized, email.trim()).await?,
             Err(_) => None,
         };
         let hash = user.as_ref().map_or_else(
@@ -174,13 +174,18 @@ impl AuthService {
     }
 
     /// Optional auth: the caller's id, `None` for no token or one that is not
-    /// a valid JWT (the frontend sends `Bearer null`), 401 only when expired.
-    pub fn optional_caller(&self, token: Option<&str>) -> Result<Option<i64>, AppError> {
+    /// a valid JWT (the frontend sends `Bearer null`); 401 when expired, or
+    /// when the token is valid but its user does not exist (any later write
+    /// in the caller's name would fail).
+    pub async fn optional_caller(&self, token: Option<&str>) -> Result<Option<i64>, AppError> {
         let Some(token) = token.filter(|token| !token.is_empty()) else {
             return Ok(None);
         };
         match self.decode(token) {
-            Ok(claims) => Ok(claims.user_id.parse().ok()),
+            Ok(claims) => match claims.user_id.parse::<i64>() {
+                Ok(_) => Ok(Some(self.user_for_claims(&claims).await?.id)),
+                Err(_) => Ok(None),
+            },
             Err(TokenError::Expired) => Err(TokenError::Expired.into()),
             Err(TokenError::Invalid) => Ok(None),
         }

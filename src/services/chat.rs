@@ -543,8 +543,15 @@ impl ChatService {
             return Ok((conversation, false));
         }
         let short_name = prompt::short_name(message);
-        let created =
-            conversations::create(&self.db, caller, &short_name, prompt::SYSTEM_PROMPT).await?;
+        let created = conversations::create(&self.db, caller, &short_name, prompt::SYSTEM_PROMPT)
+            .await
+            .map_err(|err| match err {
+                // The caller's account went away after its token was checked.
+                sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                    AppError::Unauthorized("User not found")
+                }
+                other => other.into(),
+            })?;
         Ok((created, true))
     }
 

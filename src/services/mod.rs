@@ -1,5 +1,6 @@
 //! Domain services; they know nothing about HTTP.
 
+pub mod adoption;
 pub mod auth;
 pub mod chat;
 pub mod guardrails;

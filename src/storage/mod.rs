@@ -9,6 +9,7 @@
 //! writes queued together at once ([`writer`]).
 
 pub mod conversations;
+pub mod legacy;
 pub mod messages;
 pub(crate) mod readers;
 pub mod users;
@@ -207,7 +208,24 @@ impl Database {
     /// Applies the pending migrations of the live backend.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {
-            Self::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+            Self::Sqlite(pool) => {
+                // sqlx locks migrations on PostgreSQL only: two servers
+                // starting at once on one SQLite file both apply a migration
+                // and the slower one fails recording it (its transaction,
+                // DDL included, rolls back). Run again: it then finds the
+                // migration applied.
+                let mut attempts = 0;
+                loop {
+                    match SQLITE_MIGRATOR.run(pool).await {
+                        Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(err)))
+                            if err.is_unique_violation() && attempts < 3 =>
+                        {
+                            attempts += 1;
+                        }
+                        other => return other,
+                    }
+                }
+            }
             Self::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await,
         }
     }

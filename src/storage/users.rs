@@ -62,6 +62,31 @@ pub async fn find_by_email(db: &Database, email: &str) -> Result<Option<UserReco
     })
 }
 
+/// The account a login names: the one stored with exactly the address typed
+/// (trimmed), else the one with its normalised form. Only accounts adopted
+/// from the Python service, which compared addresses case-sensitively, can
+/// differ in the two (see `services::adoption`).
+pub async fn find_for_login(
+    db: &Database,
+    normalized: &str,
+    typed: &str,
+) -> Result<Option<UserRecord>, sqlx::Error> {
+    if normalized == typed {
+        return find_by_email(db, normalized).await;
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM users WHERE email = $1 OR email = $2 \
+         ORDER BY CASE WHEN email = $2 THEN 0 ELSE 1 END LIMIT 1"
+    );
+    on_reader!(db, conn => {
+        sqlx::query_as::<_, UserRecord>(&sql)
+            .bind(normalized)
+            .bind(typed)
+            .fetch_optional(conn)
+            .await
+    })
+}
+
 /// Looks a user up by id.
 pub async fn find_by_id(db: &Database, id: i64) -> Result<Option<UserRecord>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");

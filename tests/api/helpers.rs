@@ -104,14 +104,26 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the app; `overrides` replace or add environment variables
 /// (an empty value removes the default).
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = test_database_url(&dir.path().join("test.db")).await;
+    try_spawn_app_on(dir, &database_url, overrides)
+        .await
+        .expect("app builds")
+}
+
+/// Starts the app on an existing database (kept by `dir`, when a file);
+/// the startup error when it refuses to start.
+pub async fn try_spawn_app_on(
+    dir: tempfile::TempDir,
+    database_url: &str,
+    overrides: &[(&str, &str)],
+) -> Result<TestApp, eloquent::startup::StartupError> {
     if std::env::var("TEST_LOG").is_ok() {
         eloquent::telemetry::init(eloquent::config::LogFormat::Text);
     }
     let openai = FakeOpenAi::start().await;
     let pinecone = FakePinecone::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db_path = dir.path().join("test.db");
-    let database_url = test_database_url(&db_path).await;
+    let database_url = database_url.to_string();
     let mut vars: HashMap<String, String> = [
         ("HOST", "127.0.0.1".to_string()),
         ("PORT", "0".to_string()),
@@ -139,11 +151,11 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         }
     }
     let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("valid test config");
-    let app = Application::build(config).await.expect("app builds");
+    let app = Application::build(config).await?;
     let port = app.port();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
-    TestApp {
+    Ok(TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
         client: reqwest::Client::new(),
@@ -153,7 +165,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         server: Some(server),
         database_url,
         _dir: dir,
-    }
+    })
 }
 
 impl TestApp {

@@ -12,3 +12,4 @@ mod fault;
 mod hardening;
 mod storage;
 mod streaming;
+mod upgrade;
