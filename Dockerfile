@@ -56,5 +56,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD curl -fsS "http://127.0.0.1:${PORT:-8000}/health" >/dev/null || exit 1
 
-# `docker run IMAGE migrate` applies migrations and exits.
+# `docker run IMAGE migrate` applies migrations (adopting a Python-service database) and exits;
+# `docker run IMAGE migrate --dry-run` reports what it would adopt.
 ENTRYPOINT ["/usr/local/bin/eloquent"]

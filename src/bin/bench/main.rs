@@ -9,6 +9,7 @@
 //! cargo build --release --bins && cargo run --release --bin bench
 //! ```
 
+mod adoption;
 mod fake;
 mod load;
 mod report;
@@ -29,9 +30,13 @@ const USAGE: &str = "\
 usage: cargo run --release --bin bench -- [options]
 
   --quick              short smoke run (under a minute); prints, writes no file unless --out
-  --sections LIST      comma-separated sections to run, e.g. 1,3 (default: all of 1-5; 6 always)
+  --sections LIST      comma-separated sections to run, e.g. 1,3 (default: all of 1-7; 6 always)
                          1 request rates   2 added time to first delta   3 concurrent streams
                          4 login flood     5 prompt cost                 6 memory
+                         7 upgrading in place (adopting a Python-service database)
+  --adoption-messages N  messages in section 7's generated database (default 100000)
+  --postgres URL       also run section 7 on PostgreSQL: a server URL whose user may
+                         create databases (the bench creates and drops its own)
   --streams LIST       stream counts for section 3 at 100 ms/token (default 5000,10000)
   --tokens N           tokens per answer in section 3 (default 100)
   --env NAME=VALUE     extra server environment (repeatable), e.g. --env DB_POOL_SIZE=4
@@ -51,6 +56,8 @@ struct Options {
     tokens: usize,
     server_env: Vec<(String, String)>,
     upstream_h2: bool,
+    adoption_messages: i64,
+    postgres: Option<String>,
     out: Option<PathBuf>,
     no_write: bool,
 }
@@ -58,11 +65,13 @@ struct Options {
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         quick: false,
-        sections: (1..=6).collect(),
+        sections: (1..=7).collect(),
         streams: vec![5000, 10_000],
         tokens: 100,
         server_env: Vec::new(),
         upstream_h2: true,
+        adoption_messages: 100_000,
+        postgres: None,
         out: None,
         no_write: false,
     };
@@ -76,7 +85,7 @@ fn parse_args() -> Result<Options, String> {
                 let list = value("--sections")?;
                 options.sections = list
                     .split(',')
-                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=6).contains(n)))
+                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=7).contains(n)))
                     .collect::<Option<_>>()
                     .ok_or(format!("--sections: bad list {list:?}"))?;
                 options.sections.insert(6);
@@ -110,6 +119,14 @@ fn parse_args() -> Result<Options, String> {
                 "http1" => options.upstream_h2 = false,
                 other => return Err(format!("--upstream: {other:?} is not h2 or http1")),
             },
+            "--adoption-messages" => {
+                options.adoption_messages = value("--adoption-messages")?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 10)
+                    .ok_or("--adoption-messages: expected a number of at least 10")?;
+            }
+            "--postgres" => options.postgres = Some(value("--postgres")?),
             "--out" => options.out = Some(PathBuf::from(value("--out")?)),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -335,7 +352,7 @@ async fn run(options: Options) -> Result<(), String> {
          the server opens another connection when its open ones are full).",
         fake::MAX_STREAMS_PER_CONNECTION
     ));
-    if !options.sections.is_superset(&(1..=6).collect()) {
+    if !options.sections.is_superset(&(1..=7).collect()) {
         results
             .notes
             .push(format!("Sections run: {:?}.", options.sections));
@@ -345,10 +362,14 @@ async fn run(options: Options) -> Result<(), String> {
     let stopped = bench.server.stop().await;
     println!("server {stopped}");
     results.notes.extend(server::log_warnings(&log));
+    if options.sections.contains(&7) {
+        println!("section 7: upgrading in place");
+        results.adoption = upgrade_in_place(&options, &binary, &dir).await?;
+    }
     results.elapsed = started.elapsed();
     let markdown = report::render(&results);
     println!("\n{markdown}");
-    let all_sections = options.sections.len() == 6;
+    let all_sections = options.sections.len() == 7;
     let out = match (&options.out, options.no_write) {
         (_, true) => None,
         (Some(path), false) => Some(path.clone()),
@@ -364,4 +385,43 @@ async fn run(options: Options) -> Result<(), String> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Section 7 on a SQLite file, and on PostgreSQL when `--postgres` names a server.
+async fn upgrade_in_place(
+    options: &Options,
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<Vec<adoption::AdoptionRun>, String> {
+    let messages = if options.quick {
+        options.adoption_messages.min(10_000)
+    } else {
+        options.adoption_messages
+    };
+    let shape = adoption::Shape::for_messages(messages);
+    let mut runs = Vec::new();
+    let file = dir.join("python-chat.db");
+    let url = format!("sqlite:///{}", file.display());
+    let run = adoption::run(binary, dir, "sqlite", &url, &shape).await?;
+    println!(
+        "  sqlite: {} rows in {:?} ({:.0} rows/s), command {:?}",
+        run.rows(),
+        run.adoption,
+        run.rows_per_second(),
+        run.command
+    );
+    runs.push(run);
+    if let Some(server) = &options.postgres {
+        let name = format!("eloquent_bench_adopt_{}", std::process::id());
+        let run = adoption::run_on_fresh_postgres(binary, dir, server, &name, &shape).await?;
+        println!(
+            "  postgres: {} rows in {:?} ({:.0} rows/s), command {:?}",
+            run.rows(),
+            run.adoption,
+            run.rows_per_second(),
+            run.command
+        );
+        runs.push(run);
+    }
+    Ok(runs)
 }

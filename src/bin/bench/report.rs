@@ -36,6 +36,7 @@ pub struct Results {
     pub streams: Vec<StreamRun>,
     pub login: Option<LoginFlood>,
     pub prompts: Vec<(usize, PromptStat)>,
+    pub adoption: Vec<crate::adoption::AdoptionRun>,
     pub notes: Vec<String>,
 }
 
@@ -378,6 +379,31 @@ while one more connection sends `GET /health` every 5 ms.\n\n\
             None => "not run",
         };
         let _ = writeln!(w, "| {budget} | {measured} | {met} |");
+    }
+    if !results.adoption.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n## 7. Upgrading in place\n\n`eloquent migrate` (release build) on a generated database of the Python service: SQLModel's tables, \
+10 messages per conversation (a system prompt, user questions stored with about 1.1 KB of retrieved context, answers of about 350 bytes), \
+10 conversations per user, one in ten anonymous, one in twenty deleted, half without a title. Adoption: the one transaction that reads the \
+Python rows, checks them, inserts them with their ids, names the untitled conversations and records the adoption (its log line's `elapsed_ms`). \
+Command: the whole process, including connecting, the `VACUUM INTO` copy on SQLite and the migrations.\n\n\
+| backend | users | conversations | messages | message text | adoption | rows/s | whole command |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for run in &results.adoption {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+                run.backend,
+                run.users,
+                run.conversations,
+                run.messages,
+                mib(run.text_bytes / 1024),
+                duration(run.adoption),
+                run.rows_per_second(),
+                duration(run.command),
+            );
+        }
     }
     if !results.notes.is_empty() {
         let _ = writeln!(w, "\n## Notes\n");
