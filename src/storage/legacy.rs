@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Postgres, QueryBuilder, Sqlite, Transaction};
 
-use super::Database;
+use super::{Database, SQLITE_BUSY_TIMEOUT, SQLITE_STARTUP_BUSY_TIMEOUT, set_busy_timeout};
 use crate::config::DatabaseTarget;
 
 /// Serialises adoptions across servers sharing one PostgreSQL database.
@@ -185,9 +186,12 @@ pub struct AdoptionRecord {
     pub backup: Option<String>,
 }
 
-/// A transaction on whichever backend is live.
+/// A transaction on whichever backend is live. On SQLite it is begun and
+/// ended by hand on a pooled connection: sqlx's `Transaction` would start
+/// waiting for the write lock (`BEGIN IMMEDIATE`) before the connection's
+/// busy timeout could be raised for it.
 pub enum LegacyTx {
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(PoolConnection<Sqlite>),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -245,14 +249,30 @@ pub async fn backup_sqlite(db: &Database) -> Result<Option<PathBuf>, sqlx::Error
         return Ok(None);
     }
     let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
-    let mut name = file.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".before-eloquent-{stamp}"));
-    let backup = file.with_file_name(name);
-    sqlx::query("VACUUM INTO $1")
-        .bind(backup.to_string_lossy().into_owned())
-        .execute(pool)
-        .await?;
-    Ok(Some(backup))
+    // Two servers starting together may pick the same name: the second
+    // copy gets a suffix (VACUUM INTO never overwrites).
+    let mut attempt = 0;
+    loop {
+        let mut name = file.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".before-eloquent-{stamp}"));
+        if attempt > 0 {
+            name.push(format!("-{attempt}"));
+        }
+        let backup = file.with_file_name(name);
+        let copied = sqlx::query("VACUUM INTO $1")
+            .bind(backup.to_string_lossy().into_owned())
+            .execute(pool)
+            .await;
+        match copied {
+            Ok(_) => return Ok(Some(backup)),
+            Err(sqlx::Error::Database(err))
+                if attempt < 10 && err.message().contains("output file already exists") =>
+            {
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 impl LegacyTx {
@@ -261,16 +281,17 @@ impl LegacyTx {
     pub async fn begin(db: &Database, write: bool) -> Result<Self, sqlx::Error> {
         match db {
             Database::Sqlite(pool) => {
-                let statement = if write { "BEGIN IMMEDIATE" } else { "BEGIN" };
-                let mut tx = pool.begin_with(statement).await?;
-                if write {
+                let mut conn = pool.acquire().await?;
+                let begin = if write {
                     // Another server adopting the same file holds the write
                     // lock for as long as its adoption takes: wait for it.
-                    sqlx::query("PRAGMA busy_timeout = 600000")
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Ok(Self::Sqlite(tx))
+                    set_busy_timeout(&mut conn, SQLITE_STARTUP_BUSY_TIMEOUT).await?;
+                    "BEGIN IMMEDIATE"
+                } else {
+                    "BEGIN"
+                };
+                sqlx::query(begin).execute(&mut *conn).await?;
+                Ok(Self::Sqlite(conn))
             }
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -291,19 +312,14 @@ impl LegacyTx {
 
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Sqlite(mut tx) => {
-                sqlx::query("PRAGMA busy_timeout = 10000")
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await
-            }
+            Self::Sqlite(conn) => end_sqlite(conn, "COMMIT").await,
             Self::Postgres(tx) => tx.commit().await,
         }
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Sqlite(tx) => tx.rollback().await,
+            Self::Sqlite(conn) => end_sqlite(conn, "ROLLBACK").await,
             Self::Postgres(tx) => tx.rollback().await,
         }
     }
@@ -697,6 +713,17 @@ impl LegacyTx {
         });
         Ok(())
     }
+}
+
+/// Ends a hand-made SQLite transaction; a connection where that fails is
+/// closed rather than returned to the pool mid-transaction.
+async fn end_sqlite(mut conn: PoolConnection<Sqlite>, statement: &str) -> Result<(), sqlx::Error> {
+    let ended = sqlx::query(statement).execute(&mut *conn).await;
+    let reset = set_busy_timeout(&mut conn, SQLITE_BUSY_TIMEOUT).await;
+    if ended.is_err() || reset.is_err() {
+        let _ = conn.close().await;
+    }
+    ended.and(reset).map(|_| ())
 }
 
 /// `CAST(column AS TEXT)`, or NULL when the table lacks the column.

@@ -131,6 +131,23 @@ impl PoolSettings {
     }
 }
 
+/// How long a SQLite statement waits for another connection's write lock.
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The same wait at startup, when another server on the same file may be
+/// migrating or adopting the Python service's tables (seconds, not minutes:
+/// see BENCHMARKS.md section 7); longer than that means something is wrong.
+pub(crate) const SQLITE_STARTUP_BUSY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Sets how long statements on `conn` wait for the write lock.
+pub(crate) async fn set_busy_timeout(
+    conn: &mut sqlx::SqliteConnection,
+    timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    let sql = format!("PRAGMA busy_timeout = {}", timeout.as_millis());
+    sqlx::query(&sql).execute(conn).await.map(|_| ())
+}
+
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -151,7 +168,7 @@ impl Database {
                     // WAL + busy timeout: concurrent writers wait instead of failing "database is locked".
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     // Room for a whole history read: with the default (50) the
                     // connection's thread stalls mid-result until the reader catches up.
                     .row_buffer_size(256)
@@ -209,22 +226,26 @@ impl Database {
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {
             Self::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                set_busy_timeout(&mut conn, SQLITE_STARTUP_BUSY_TIMEOUT).await?;
                 // sqlx locks migrations on PostgreSQL only: two servers
                 // starting at once on one SQLite file both apply a migration
                 // and the slower one fails recording it (its transaction,
                 // DDL included, rolls back). Run again: it then finds the
                 // migration applied.
                 let mut attempts = 0;
-                loop {
-                    match SQLITE_MIGRATOR.run(pool).await {
+                let result = loop {
+                    match SQLITE_MIGRATOR.run(&mut *conn).await {
                         Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(err)))
                             if err.is_unique_violation() && attempts < 3 =>
                         {
                             attempts += 1;
                         }
-                        other => return other,
+                        other => break other,
                     }
-                }
+                };
+                set_busy_timeout(&mut conn, SQLITE_BUSY_TIMEOUT).await?;
+                result
             }
             Self::Postgres(pool) => POSTGRES_MIGRATOR.run(pool).await,
         }
