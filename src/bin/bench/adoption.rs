@@ -77,22 +77,26 @@ fn answer(n: i64) -> String {
     )
 }
 
-/// Python-style naive UTC timestamp, `n` seconds after a fixed start.
-fn at(n: i64) -> String {
+/// A naive UTC time about `n` seconds after a fixed start.
+fn naive(n: i64) -> chrono::NaiveDateTime {
     let start = chrono::NaiveDate::from_ymd_opt(2026, 1, 1)
         .and_then(|day| day.and_hms_micro_opt(8, 0, 0, 0))
         .unwrap_or_default();
-    (start + chrono::Duration::microseconds(n * 1_000_003))
-        .format("%F %T%.6f")
-        .to_string()
+    start + chrono::Duration::microseconds(n * 1_000_003)
+}
+
+/// The same as SQLAlchemy writes it into SQLite (always six fractional digits).
+fn sqlalchemy_text(n: i64) -> String {
+    naive(n).format("%F %T%.6f").to_string()
 }
 
 /// Fills the Python tables on a connection of either backend (a macro: the
 /// same statements, type-checked for each); evaluates to the bytes of
 /// message text written.
 macro_rules! generate {
-    ($conn:expr, $shape:expr) => {{
+    ($conn:expr, $shape:expr, $stamp:expr) => {{
     let shape: &Shape = $shape;
+    let stamp = $stamp;
     let mut tx = $conn.begin().await?;
     let users: Vec<i64> = (1..=shape.users).collect();
     for batch in users.chunks(1000) {
@@ -104,7 +108,7 @@ macro_rules! generate {
                 .push_bind(format!("Customer{id}@Example.com"))
                 .push_bind(format!("Customer {id}"))
                 .push_bind(HASH.to_string())
-                .push_bind(at(*id));
+                .push_bind(stamp(*id));
         });
         query.build().execute(&mut *tx).await?;
     }
@@ -120,7 +124,7 @@ macro_rules! generate {
             row.push_bind(*id)
                 .push_bind(owner)
                 .push_bind(title)
-                .push_bind(at(shape.users + id * 10))
+                .push_bind(stamp(shape.users + id * 10))
                 .push_bind(id % 20 == 0);
         });
         query.build().execute(&mut *tx).await?;
@@ -161,7 +165,7 @@ macro_rules! generate {
                 .push_bind(role.to_string())
                 .push_bind(content)
                 .push_bind(typed)
-                .push_bind(at(shape.users + shape.conversations * 10 + id));
+                .push_bind(stamp(shape.users + shape.conversations * 10 + id));
         });
         query.build().execute(&mut *tx).await?;
     }
@@ -192,7 +196,7 @@ pub async fn run(
             .execute(&mut conn)
             .await
             .map_err(|err| format!("Python schema: {err}"))?;
-        async { generate!(conn, shape) }
+        async { generate!(conn, shape, sqlalchemy_text) }
             .await
             .map_err(|err| format!("generate: {err}"))?
     } else {
@@ -203,7 +207,7 @@ pub async fn run(
             .execute(&mut conn)
             .await
             .map_err(|err| format!("Python schema: {err}"))?;
-        async { generate!(conn, shape) }
+        async { generate!(conn, shape, naive) }
             .await
             .map_err(|err| format!("generate: {err}"))?
     };
