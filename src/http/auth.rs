@@ -144,7 +144,7 @@ async fn login(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = Envelope<MeData>),
-        (status = 401, description = "Not authenticated, invalid or expired token", body = Envelope<ErrorData>),
+        (status = 401, description = "Not authenticated, invalid or expired token, or its user does not exist", body = Envelope<ErrorData>),
         (status = 503, description = "Database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
 async fn me(AuthUser(user): AuthUser) -> Reply<MeData> {

@@ -239,7 +239,7 @@ impl ToSchema for StreamEvent {
     responses(
         (status = 200, description = "History including the answer (or the refusal)", body = Envelope<ConversationView>),
         (status = 400, description = "Conversation is deleted", body = Envelope<ErrorData>),
-        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired, or its user does not exist", body = Envelope<ErrorData>),
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
         (status = 413, description = "Request body too large", body = Envelope<ErrorData>),
         (status = 422, description = "Validation error", body = Envelope<ErrorData>),
@@ -268,7 +268,7 @@ async fn create(
         (status = 200, description = "text/event-stream of deltas, then `done` (or a JSON envelope when the guardrails refuse)",
             content((StreamEvent = "text/event-stream"), (Envelope<ConversationView> = "application/json"))),
         (status = 400, description = "Conversation is deleted", body = Envelope<ErrorData>),
-        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired, or its user does not exist", body = Envelope<ErrorData>),
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
         (status = 413, description = "Request body too large", body = Envelope<ErrorData>),
         (status = 422, description = "Validation error", body = Envelope<ErrorData>),
@@ -327,7 +327,7 @@ fn sse_event(event: ReplyEvent) -> Event {
     responses(
         (status = 200, description = "History", body = Envelope<ConversationView>),
         (status = 400, description = "Conversation already deleted", body = Envelope<ErrorData>),
-        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired, or its user does not exist", body = Envelope<ErrorData>),
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
         (status = 404, description = "Conversation not found", body = Envelope<ErrorData>),
         (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
@@ -349,7 +349,7 @@ async fn messages(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Conversations", body = Envelope<ConversationList>),
-        (status = 401, description = "Not authenticated, invalid or expired token", body = Envelope<ErrorData>),
+        (status = 401, description = "Not authenticated, invalid or expired token, or its user does not exist", body = Envelope<ErrorData>),
         (status = 422, description = "Bad paging values", body = Envelope<ErrorData>),
         (status = 503, description = "Database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
@@ -384,7 +384,7 @@ async fn conversations(
     responses(
         (status = 200, description = "Conversation deleted", body = Envelope<MessageData>),
         (status = 400, description = "Conversation already deleted", body = Envelope<ErrorData>),
-        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired, or its user does not exist", body = Envelope<ErrorData>),
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
         (status = 404, description = "Conversation not found", body = Envelope<ErrorData>),
         (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),
@@ -408,7 +408,7 @@ async fn delete(
     responses(
         (status = 200, description = "Summary", body = Envelope<SummaryData>),
         (status = 400, description = "Conversation already deleted", body = Envelope<ErrorData>),
-        (status = 401, description = "Token expired", body = Envelope<ErrorData>),
+        (status = 401, description = "Token expired, or its user does not exist", body = Envelope<ErrorData>),
         (status = 403, description = "Forbidden", body = Envelope<ErrorData>),
         (status = 404, description = "Conversation not found", body = Envelope<ErrorData>),
         (status = 422, description = "Non-integer id", body = Envelope<ErrorData>),

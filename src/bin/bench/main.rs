@@ -365,6 +365,13 @@ async fn run(options: Options) -> Result<(), String> {
     if options.sections.contains(&7) {
         println!("section 7: upgrading in place");
         results.adoption = upgrade_in_place(&options, &binary, &dir).await?;
+        if options.postgres.is_some() {
+            results.notes.push(
+                "Section 7's PostgreSQL row: run with `-- --postgres URL`, against the server that URL names \
+                 (here the throwaway cluster `.ci/run` starts: PostgreSQL 15 on loopback, `fsync=off`, `synchronous_commit=off`)."
+                    .to_string(),
+            );
+        }
     }
     results.elapsed = started.elapsed();
     let markdown = report::render(&results);
