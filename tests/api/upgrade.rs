@@ -535,6 +535,22 @@ async fn rows_of_both_services_that_collide_stop_the_start_and_change_nothing() 
 }
 
 #[tokio::test]
+async fn empty_tables_made_by_an_earlier_start_do_not_stand_in_the_way() {
+    // The situation of the issue: an earlier eloquent (before adoption
+    // existed) started on the Python database and made its own empty tables.
+    let legacy = Legacy::empty().await;
+    let mut first = legacy.start().await.expect("fresh start");
+    first.stop().await;
+    legacy.run(python_schema(&legacy.url)).await;
+    legacy.run(ROWS).await;
+    let mut app = legacy.start().await.expect("adopts");
+    let (status, data) = login(&app, "alice@example.com", "old-password-1").await;
+    assert_eq!((status, data["user"]["id"].as_i64()), (200, Some(1)), "{data}");
+    assert_eq!(legacy.scalar("SELECT COUNT(*) FROM messages").await, 17);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn an_unreadable_timestamp_or_a_missing_column_stops_adoption_naming_it() {
     let legacy = Legacy::new().await;
     if legacy.is_postgres() {
