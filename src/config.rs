@@ -114,9 +114,37 @@ pub struct PineconeConfig {
     pub category_field: String,
     pub api_version: String,
     pub timeout: Duration,
+    /// First wait before retrying an upsert answered 429 or 5xx (doubling after).
+    pub retry_base: Duration,
     /// Searches carried at once by one connection before another is opened.
     pub streams_per_connection: usize,
 }
+
+/// Where answers' context comes from (`RETRIEVAL_BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrievalBackend {
+    /// A Pinecone index (needs `PINECONE_API_KEY` and `PINECONE_HOST`).
+    Pinecone,
+    /// The knowledge base in the server's own database (`eloquent kb ingest`).
+    Local,
+    /// No retrieval: every answer has an empty context.
+    None,
+}
+
+/// Retrieval settings shared by the backends.
+#[derive(Debug, Clone, Copy)]
+pub struct RetrievalConfig {
+    pub backend: RetrievalBackend,
+    /// Hits taken from the local backend (Pinecone's count is `PINECONE_TOP_K`).
+    pub top_k: usize,
+    /// Hits scoring below this are dropped (scores are higher-is-better).
+    pub min_score: f64,
+}
+
+/// `RETRIEVAL_MIN_SCORE` when unset. Local scores are the covered share of
+/// the query's IDF (storage::knowledge); Pinecone's are passed through and
+/// not filtered unless asked.
+pub const DEFAULT_LOCAL_MIN_SCORE: f64 = 0.35;
 
 /// OpenAI-compatible model settings.
 #[derive(Debug, Clone)]
@@ -146,6 +174,7 @@ pub struct Config {
     pub db_max_lifetime: Duration,
     pub model: ModelConfig,
     pub pinecone: Option<PineconeConfig>,
+    pub retrieval: RetrievalConfig,
     pub jwt_secret: Secret,
     pub jwt_algorithm: Algorithm,
     pub jwt_expire_minutes: i64,
@@ -214,9 +243,42 @@ impl Config {
                     5000,
                     1..=120_000,
                 )?),
+                retry_base: Duration::from_millis(env.parse_in(
+                    "PINECONE_RETRY_BASE_MS",
+                    500,
+                    1..=60_000,
+                )?),
                 streams_per_connection,
             }),
             _ => None,
+        };
+        let backend = match env.optional("RETRIEVAL_BACKEND").as_deref() {
+            None if pinecone.is_some() => RetrievalBackend::Pinecone,
+            None => RetrievalBackend::Local,
+            Some("pinecone") if pinecone.is_some() => RetrievalBackend::Pinecone,
+            Some("pinecone") => {
+                return Err(ConfigError {
+                    variable: "RETRIEVAL_BACKEND",
+                    reason: "pinecone needs PINECONE_API_KEY and PINECONE_HOST".into(),
+                });
+            }
+            Some("local") => RetrievalBackend::Local,
+            Some("none") => RetrievalBackend::None,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "RETRIEVAL_BACKEND",
+                    reason: format!("{other:?} is not one of pinecone, local, none"),
+                });
+            }
+        };
+        let default_min_score = match backend {
+            RetrievalBackend::Local => DEFAULT_LOCAL_MIN_SCORE,
+            RetrievalBackend::Pinecone | RetrievalBackend::None => 0.0,
+        };
+        let retrieval = RetrievalConfig {
+            backend,
+            top_k: env.parse_in("RETRIEVAL_TOP_K", 5, 1..=100)?,
+            min_score: env.parse_in("RETRIEVAL_MIN_SCORE", default_min_score, 0.0..=1000.0)?,
         };
         let base_url = env.string("OPENAI_BASE_URL", "https://api.openai.com/v1");
         url::Url::parse(&base_url).map_err(|err| ConfigError {
@@ -320,6 +382,7 @@ impl Config {
             )?),
             model,
             pinecone,
+            retrieval,
             jwt_secret,
             jwt_algorithm,
             jwt_expire_minutes: env.parse_in("JWT_EXPIRE_MINUTES", 60, 1..=525_600)?,

@@ -4,6 +4,7 @@
 //! pipeline, guardrails, prompts) → `storage` (SQL, one module per table) and
 //! `clients` (the model and retrieval upstreams).
 
+pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod error;

@@ -1,5 +1,6 @@
 //! The `eloquent` server binary: `eloquent [serve]` serves; `eloquent migrate
-//! [--dry-run]` applies migrations, adopts the Python service's tables and exits.
+//! [--dry-run]` applies migrations, adopts the Python service's tables and
+//! exits; `eloquent kb ...` manages the knowledge base.
 
 use std::process::ExitCode;
 
@@ -31,6 +32,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The knowledge base answers are drawn from.
+    #[command(subcommand)]
+    Kb(eloquent::cli::KbCommand),
 }
 
 #[tokio::main]
@@ -43,20 +47,24 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let migrate_dry_run = match cli.command {
+        Some(Command::Kb(command)) => {
+            telemetry::init_to_stderr(config.log_format);
+            return eloquent::cli::kb(command, config).await;
+        }
+        Some(Command::Migrate { dry_run }) => Some(dry_run),
+        None | Some(Command::Serve) => None,
+    };
     telemetry::init(config.log_format);
     tokio::spawn(log_memory_on_sigusr1());
-    let result = match cli.command {
-        Some(Command::Migrate { dry_run: true }) => {
-            startup::adoption_dry_run(&config).await.map(|outcome| {
-                println!("dry run, nothing changed: {outcome}");
-            })
-        }
-        Some(Command::Migrate { dry_run: false }) => {
-            startup::open_database(&config).await.map(|_| {
-                tracing::info!("migrations applied");
-            })
-        }
-        None | Some(Command::Serve) => match Application::build(config).await {
+    let result = match migrate_dry_run {
+        Some(true) => startup::adoption_dry_run(&config).await.map(|outcome| {
+            println!("dry run, nothing changed: {outcome}");
+        }),
+        Some(false) => startup::open_database(&config).await.map(|_| {
+            tracing::info!("migrations applied");
+        }),
+        None => match Application::build(config).await {
             Ok(app) => app
                 .run_until_stopped(startup::shutdown_signal())
                 .await

@@ -12,12 +12,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::clients::ClientSetupError;
 use crate::clients::model::ModelClient;
-use crate::clients::retrieval::RetrievalClient;
 use crate::config::Config;
 use crate::http::{self, AppServices, AppState};
 use crate::services::adoption::{self, AdoptionError, Mode, Outcome};
 use crate::services::auth::AuthService;
 use crate::services::chat::{ChatService, ChatSettings};
+use crate::services::knowledge::retrieve::{Retrieval, Retriever};
 use crate::storage::{Database, PoolSettings, legacy};
 
 /// Why the server could not start; one line each.
@@ -111,15 +111,16 @@ impl Application {
                 "OPENAI_API_KEY is not set: chat routes will answer 503 Model not configured"
             );
         }
-        let retrieval = config
-            .pinecone
-            .clone()
-            .map(RetrievalClient::new)
-            .transpose()?;
-        if retrieval.is_none() {
-            tracing::warn!(
-                "PINECONE_API_KEY/PINECONE_HOST not set: answers will use no retrieved context"
-            );
+        let retrieval = Retrieval::new(&config, &db)?;
+        match retrieval.retriever {
+            Retriever::None => {
+                tracing::warn!("RETRIEVAL_BACKEND=none: answers will use no retrieved context")
+            }
+            Retriever::Local { .. } => tracing::info!(
+                min_score = retrieval.min_score,
+                "retrieval from the local knowledge base (fill it with `eloquent kb ingest PATH`)"
+            ),
+            Retriever::Pinecone(_) => {}
         }
         if config.uses_default_jwt_secret() {
             tracing::warn!(

@@ -18,19 +18,49 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// One retrieved passage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Passage {
     pub id: String,
+    pub title: Option<String>,
     pub category: Option<String>,
+    pub url: Option<String>,
     pub text: String,
+    /// Higher is better: Pinecone's `_score` as given, the local backend's 0..1.
+    pub score: f64,
 }
 
-/// Searches one Pinecone namespace.
+/// Searches (and fills) one Pinecone namespace.
 #[derive(Clone, Debug)]
 pub struct RetrievalClient {
     connections: Arc<Connections>,
     search_url: String,
+    upsert_url: String,
     config: PineconeConfig,
+}
+
+/// Most records per upsert request (Pinecone's limit for integrated embedding).
+pub const UPSERT_BATCH: usize = 96;
+
+/// Attempts per upsert batch before giving up (429 and 5xx are retried).
+const UPSERT_ATTEMPTS: u32 = 6;
+
+/// A record to upsert: its text goes in the configured text field, to be
+/// embedded by the index.
+#[derive(Debug, Clone)]
+pub struct UpsertRecord {
+    pub id: String,
+    pub text: String,
+    pub title: Option<String>,
+    pub category: Option<String>,
+    pub url: Option<String>,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpsertSummary {
+    pub records: usize,
+    pub requests: usize,
+    pub retries: usize,
 }
 
 #[derive(Serialize)]
@@ -65,6 +95,8 @@ struct SearchResult {
 struct Hit {
     #[serde(rename = "_id")]
     id: String,
+    #[serde(rename = "_score", default)]
+    score: f64,
     #[serde(default)]
     fields: serde_json::Map<String, Value>,
 }
@@ -77,14 +109,15 @@ impl RetrievalClient {
                 .timeout(timeout)
                 .connect_timeout(timeout)
         })?;
-        let search_url = format!(
-            "{}/records/namespaces/{}/search",
+        let namespace_url = format!(
+            "{}/records/namespaces/{}",
             config.base_url,
             utf8_percent_encode(&config.namespace, PATH_SEGMENT)
         );
         Ok(Self {
             connections: Arc::new(connections),
-            search_url,
+            search_url: format!("{namespace_url}/search"),
+            upsert_url: format!("{namespace_url}/upsert"),
             config,
         })
     }
@@ -139,9 +172,130 @@ impl RetrievalClient {
             .map(|hit| Passage {
                 text: field_text(&hit.fields, &self.config.text_field).unwrap_or_default(),
                 category: field_text(&hit.fields, &self.config.category_field),
+                title: None,
+                url: None,
+                score: hit.score,
                 id: hit.id,
             })
             .collect())
+    }
+}
+
+impl RetrievalClient {
+    /// Upserts records in batches of at most [`UPSERT_BATCH`], as NDJSON;
+    /// a batch answered 429 or 5xx (or not answered) is retried with
+    /// exponential backoff (honouring `Retry-After`), other answers fail.
+    pub async fn upsert(&self, records: &[UpsertRecord]) -> Result<UpsertSummary, String> {
+        let mut summary = UpsertSummary::default();
+        for batch in records.chunks(UPSERT_BATCH) {
+            let body = self.ndjson(batch)?;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                summary.requests += 1;
+                let wait = match self.send_upsert(body.clone()).await {
+                    Ok(()) => break,
+                    Err(Failure::Retry(after)) if attempt < UPSERT_ATTEMPTS => after,
+                    Err(Failure::Retry(_)) => {
+                        return Err(format!(
+                            "Pinecone upsert still failing after {UPSERT_ATTEMPTS} attempts"
+                        ));
+                    }
+                    Err(Failure::Fatal(reason)) => return Err(reason),
+                };
+                summary.retries += 1;
+                let backoff = self.config.retry_base * 2u32.saturating_pow(attempt - 1);
+                tokio::time::sleep(wait.unwrap_or(backoff).max(backoff)).await;
+            }
+            summary.records += batch.len();
+        }
+        Ok(summary)
+    }
+
+    fn ndjson(&self, batch: &[UpsertRecord]) -> Result<String, String> {
+        let mut body = String::new();
+        for record in batch {
+            let mut object = serde_json::Map::new();
+            object.insert("_id".into(), Value::String(record.id.clone()));
+            object.insert(
+                self.config.text_field.clone(),
+                Value::String(record.text.clone()),
+            );
+            // Pinecone refuses null metadata: absent fields are left out.
+            for (name, value) in [
+                (self.config.category_field.as_str(), &record.category),
+                ("title", &record.title),
+                ("url", &record.url),
+            ] {
+                if let Some(value) = value {
+                    object.insert(name.to_string(), Value::String(value.clone()));
+                }
+            }
+            body.push_str(
+                &serde_json::to_string(&object)
+                    .map_err(|err| format!("record {}: {err}", record.id))?,
+            );
+            body.push('\n');
+        }
+        Ok(body)
+    }
+
+    async fn send_upsert(&self, body: String) -> Result<(), Failure> {
+        let slot = self
+            .connections
+            .acquire()
+            .await
+            .map_err(|err| Failure::Retry(None).or_log(&format!("no connection: {err}")))?;
+        let response = slot
+            .client()
+            .post(&self.upsert_url)
+            .header("Api-Key", self.config.api_key.expose())
+            .header("X-Pinecone-API-Version", &self.config.api_version)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| {
+                Failure::Retry(None).or_log(&format!("request failed: {}", err.without_url()))
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .map(std::time::Duration::from_secs);
+            tracing::warn!(%status, "Pinecone upsert refused; retrying");
+            return Err(Failure::Retry(after));
+        }
+        let detail: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        Err(Failure::Fatal(format!(
+            "Pinecone answered HTTP {status} to an upsert: {detail}"
+        )))
+    }
+}
+
+/// How an upsert request failed.
+enum Failure {
+    /// Worth another try, after the wait the server asked for, if any.
+    Retry(Option<std::time::Duration>),
+    Fatal(String),
+}
+
+impl Failure {
+    fn or_log(self, reason: &str) -> Self {
+        tracing::warn!(reason, "Pinecone upsert failed; retrying");
+        self
     }
 }
 

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clients::model::{ModelClient, ModelError, TokenStream};
-use crate::clients::retrieval::RetrievalClient;
 use crate::error::AppError;
 use crate::services::guardrails::{self, Verdict};
+use crate::services::knowledge::retrieve::Retrieval;
 use crate::services::prompt;
 use crate::services::stream_limits::{StreamLimits, StreamSlot};
 use crate::storage::Database;
@@ -201,7 +201,7 @@ impl Stream for ReplyStream {
 pub struct ChatService {
     db: Database,
     model: Option<ModelClient>,
-    retrieval: Option<RetrievalClient>,
+    retrieval: Retrieval,
     settings: ChatSettings,
     limits: StreamLimits,
     /// Stores of partial answers outlive their stream; shutdown waits for them.
@@ -223,7 +223,7 @@ impl ChatService {
     pub fn new(
         db: Database,
         model: Option<ModelClient>,
-        retrieval: Option<RetrievalClient>,
+        retrieval: Retrieval,
         settings: ChatSettings,
         tasks: TaskTracker,
     ) -> Self {
@@ -295,12 +295,7 @@ impl ChatService {
         // The search needs only the (allowed) message: it runs while the
         // conversation is resolved and its history read. When resolving fails
         // (403, 404, storage) the search is dropped, i.e. cancelled.
-        let search = async {
-            Ok(match &self.retrieval {
-                Some(retrieval) => retrieval.search(&redacted).await,
-                None => Vec::new(),
-            })
-        };
+        let search = async { Ok(self.retrieval.search(&redacted).await) };
         let conversation_and_history = async {
             let (conversation, created) = self
                 .resolve_for_turn(request.caller, request.conversation_id, &redacted)

@@ -4,5 +4,6 @@ pub mod adoption;
 pub mod auth;
 pub mod chat;
 pub mod guardrails;
+pub mod knowledge;
 pub mod prompt;
 pub mod stream_limits;

@@ -154,8 +154,11 @@ mod tests {
     fn context_block_format() {
         let block = context_block(&[Passage {
             id: "doc-1".into(),
+            title: Some("Fees".into()),
             category: None,
+            url: None,
             text: "Fees are zero.".into(),
+            score: 0.9,
         }]);
         assert_eq!(
             block,

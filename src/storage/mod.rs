@@ -9,6 +9,7 @@
 //! writes queued together at once ([`writer`]).
 
 pub mod conversations;
+pub mod knowledge;
 pub mod legacy;
 pub mod messages;
 pub(crate) mod readers;

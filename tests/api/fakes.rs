@@ -280,11 +280,23 @@ pub struct PineconeRequest {
     pub body: Value,
 }
 
+/// One recorded Pinecone upsert: its content type and NDJSON records.
+#[derive(Clone, Debug)]
+pub struct PineconeUpsert {
+    pub namespace: String,
+    pub content_type: Option<String>,
+    pub api_key: Option<String>,
+    pub records: Vec<Value>,
+}
+
 #[derive(Default)]
 struct PineconeState {
     hits: Mutex<Value>,
     fail: Mutex<bool>,
     requests: Mutex<Vec<PineconeRequest>>,
+    upserts: Mutex<Vec<PineconeUpsert>>,
+    /// Statuses the next upserts answer, in order, before succeeding.
+    upsert_failures: Mutex<std::collections::VecDeque<u16>>,
 }
 
 /// A fake Pinecone index host.
@@ -299,6 +311,7 @@ impl FakePinecone {
         let state = Arc::new(PineconeState::default());
         let app = Router::new()
             .route("/records/namespaces/{namespace}/search", post(search))
+            .route("/records/namespaces/{namespace}/upsert", post(upsert))
             .with_state(state.clone());
         let base_url = format!("http://{}", serve(app).await);
         let fake = Self { base_url, state };
@@ -320,6 +333,58 @@ impl FakePinecone {
     pub fn requests(&self) -> Vec<PineconeRequest> {
         self.state.requests.lock().expect("lock").clone()
     }
+
+    /// Upsert requests answered with a 2xx, in order (refused ones are not kept).
+    pub fn upserts(&self) -> Vec<PineconeUpsert> {
+        self.state.upserts.lock().expect("lock").clone()
+    }
+
+    /// The next upserts answer these statuses, one each, before succeeding.
+    pub fn fail_upserts(&self, statuses: &[u16]) {
+        *self.state.upsert_failures.lock().expect("lock") = statuses.iter().copied().collect();
+    }
+}
+
+/// Pinecone's upsert: NDJSON records, at most 96 per request, 201 Created.
+async fn upsert(
+    State(state): State<Arc<PineconeState>>,
+    Path(namespace): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(status) = state.upsert_failures.lock().expect("lock").pop_front() {
+        let status = StatusCode::from_u16(status).expect("status");
+        return (status, axum::Json(json!({"error": {"code": "RESOURCE_EXHAUSTED", "message": "slow down"}, "status": status.as_u16()}))).into_response();
+    }
+    let text = String::from_utf8_lossy(&body);
+    let records: Result<Vec<Value>, _> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect();
+    let Ok(records) = records else {
+        return (StatusCode::BAD_REQUEST, "invalid NDJSON").into_response();
+    };
+    if records.is_empty() || records.len() > 96 {
+        return (
+            StatusCode::BAD_REQUEST,
+            "between 1 and 96 records per request",
+        )
+            .into_response();
+    }
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    state.upserts.lock().expect("lock").push(PineconeUpsert {
+        namespace,
+        content_type: header_text("content-type"),
+        api_key: header_text("api-key"),
+        records,
+    });
+    StatusCode::CREATED.into_response()
 }
 
 async fn search(

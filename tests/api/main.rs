@@ -10,6 +10,7 @@ mod chat;
 mod conversations;
 mod fault;
 mod hardening;
+mod knowledge;
 mod storage;
 mod streaming;
 mod upgrade;

@@ -545,7 +545,11 @@ async fn empty_tables_made_by_an_earlier_start_do_not_stand_in_the_way() {
     legacy.run(ROWS).await;
     let mut app = legacy.start().await.expect("adopts");
     let (status, data) = login(&app, "alice@example.com", "old-password-1").await;
-    assert_eq!((status, data["user"]["id"].as_i64()), (200, Some(1)), "{data}");
+    assert_eq!(
+        (status, data["user"]["id"].as_i64()),
+        (200, Some(1)),
+        "{data}"
+    );
     assert_eq!(legacy.scalar("SELECT COUNT(*) FROM messages").await, 17);
     app.stop().await;
 }

@@ -1,0 +1,274 @@
+//! The knowledge base: `eloquent kb` run as a process on the test database,
+//! and answers drawing their context from the local backend.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+use crate::fakes::FakePinecone;
+use crate::helpers::{JWT_SECRET, spawn_app_with, test_database_url};
+
+const GUIDE: &str = "\
+# Disputing a card payment
+
+How disputes work at Lumen Bank.
+
+## When you can dispute
+
+You can dispute a card payment within 120 days of the transaction date when
+the merchant did not deliver or charged you twice.
+
+## Chargeback timelines
+
+### Provisional credit
+
+We credit the disputed amount provisionally within 10 business days while
+the card network reviews the chargeback.
+";
+
+const FAQ: &str = "\
+id,category,question,answer,url
+faq-cards-freeze,Cards,How do I freeze my card?,\"Open the app, tap Cards, then Freeze. Unfreeze the same way.\",https://help.lumen.example/cards/freeze
+faq-fees-abroad,Fees & limits,What does paying abroad cost?,Card payments in foreign currencies cost 1.5% of the amount.,
+faq-broken,Cards,,An answer without a question,
+faq-pin,Cards,I forgot my PIN,\"You can view your PIN in the app under Cards > Security.
+It takes a fingerprint or your passcode.\",
+";
+
+const JSONL: &str = "\
+{\"id\": \"j-iban\", \"question\": \"Where do I find my IBAN?\", \"answer\": \"Your IBAN is under Account > Details.\", \"category\": \"Account\"}
+
+this is not json
+{\"text\": \"Savings accounts pay 2.1% interest a year, paid monthly.\", \"title\": \"Savings interest\"}
+";
+
+/// A knowledge base folder: a guide, an FAQ with a bad row, JSON Lines
+/// with a bad line, and a file of another type.
+fn write_kb(dir: &Path) {
+    std::fs::create_dir_all(dir.join("guides")).expect("mkdir");
+    std::fs::write(dir.join("guides/disputes.md"), GUIDE).expect("write");
+    std::fs::write(dir.join("faq.csv"), FAQ).expect("write");
+    std::fs::write(dir.join("extra.jsonl"), JSONL).expect("write");
+    std::fs::write(dir.join("logo.png"), [0x89, b'P', b'N', b'G']).expect("write");
+}
+
+/// `eloquent kb ARGS` on `database_url`, in `dir`, on the local backend:
+/// (exit ok, stdout, stderr).
+async fn kb(dir: &Path, database_url: &str, args: &[&str]) -> (bool, String, String) {
+    kb_with(dir, database_url, &[("RETRIEVAL_BACKEND", "local")], args).await
+}
+
+async fn kb_with(
+    dir: &Path,
+    database_url: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_eloquent"))
+        .arg("kb")
+        .args(args)
+        .current_dir(dir)
+        .env("DATABASE_URL", database_url)
+        .env("JWT_SECRET", JWT_SECRET)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run eloquent kb");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn stats(dir: &Path, url: &str) -> Value {
+    let (ok, stdout, stderr) = kb(dir, url, &["stats", "--json"]).await;
+    assert!(ok, "{stderr}");
+    serde_json::from_str(stdout.trim()).expect("stats JSON")
+}
+
+async fn search(dir: &Path, url: &str, query: &str) -> Vec<Value> {
+    let (ok, stdout, stderr) = kb(dir, url, &["search", query, "--json"]).await;
+    assert!(ok, "{stderr}");
+    let answer: Value = serde_json::from_str(stdout.trim()).expect("only JSON on stdout");
+    answer["hits"].as_array().expect("hits").clone()
+}
+
+#[tokio::test]
+async fn kb_ingest_search_stats_and_remove_work_as_a_script_expects() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let url = test_database_url(&scratch.path().join("kb.db")).await;
+    let dir = scratch.path();
+    write_kb(&dir.join("kb"));
+
+    let (ok, _, stderr) = kb(dir, &url, &["ingest", "kb"]).await;
+    assert!(ok, "{stderr}");
+    // Bad rows: file and the line where the record starts; other files noted.
+    assert!(stderr.contains("kb/faq.csv:4: "), "{stderr}");
+    assert!(stderr.contains("kb/extra.jsonl:3: "), "{stderr}");
+    assert!(stderr.contains("kb/logo.png: skipped"), "{stderr}");
+    // Guide: 3 sections with text; FAQ: 3 good rows; JSON Lines: 2.
+    assert_eq!(stats(dir, &url).await, json!({"records": 8, "sources": 3}));
+
+    // Ingesting again updates, never duplicates.
+    let (ok, _, stderr) = kb(dir, &url, &["ingest", "./kb/faq.csv", "kb/guides"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stats(dir, &url).await["records"], 8);
+
+    // A paraphrase finds the FAQ row, with its fields and a 0..1 score.
+    let hits = search(dir, &url, "my card got stolen, how can I freeze it").await;
+    assert_eq!(hits[0]["id"], "faq-cards-freeze", "{hits:?}");
+    assert_eq!(hits[0]["category"], "Cards");
+    assert_eq!(hits[0]["url"], "https://help.lumen.example/cards/freeze");
+    let score = hits[0]["score"].as_f64().expect("score");
+    assert!(score > 0.0 && score <= 1.0, "{score}");
+    // A question only a guide section answers finds that section.
+    let hits = search(
+        dir,
+        &url,
+        "when do I get provisional credit for a chargeback?",
+    )
+    .await;
+    assert_eq!(
+        hits[0]["title"], "Disputing a card payment > Chargeback timelines > Provisional credit",
+        "{hits:?}"
+    );
+    assert_eq!(hits[0]["category"], "Disputing a card payment");
+    // An off-topic question is under the minimum score: no hit.
+    assert_eq!(
+        search(dir, &url, "best lasagne recipe for a birthday party").await,
+        Vec::<Value>::new()
+    );
+
+    // --replace drops what left a file.
+    std::fs::write(
+        dir.join("kb/faq.csv"),
+        "id,category,question,answer,url\nfaq-cards-freeze,Cards,How do I freeze my card?,In the app.,\n",
+    )
+    .expect("rewrite");
+    let (ok, _, stderr) = kb(dir, &url, &["ingest", "--replace", "kb/faq.csv"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stats(dir, &url).await["records"], 6);
+
+    // Remove by id and by source.
+    let (ok, _, stderr) = kb(dir, &url, &["remove", "j-iban", "no-such-id"]).await;
+    assert!(ok && stderr.contains("removed 1 records"), "{stderr}");
+    let (ok, _, stderr) = kb(
+        dir,
+        &url,
+        &["remove", "--source", "./kb/guides/disputes.md"],
+    )
+    .await;
+    assert!(ok && stderr.contains("removed 3 records"), "{stderr}");
+    assert_eq!(stats(dir, &url).await, json!({"records": 2, "sources": 2}));
+
+    // Nothing ingestible: a failure a script can see.
+    std::fs::write(dir.join("empty.csv"), "question,answer\n").expect("write");
+    std::fs::write(dir.join("wrong.csv"), "q,a\nx,y\n").expect("write");
+    let (ok, _, stderr) = kb(dir, &url, &["ingest", "empty.csv", "wrong.csv"]).await;
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("wrong.csv: "), "{stderr}");
+    let (ok, _, _) = kb(dir, &url, &["ingest", "missing-folder"]).await;
+    assert!(!ok);
+}
+
+#[tokio::test]
+async fn answers_draw_their_context_from_the_local_knowledge_base() {
+    // No Pinecone: the local backend is the default.
+    let mut app = spawn_app_with(&[("PINECONE_API_KEY", ""), ("PINECONE_HOST", "")]).await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    write_kb(&scratch.path().join("kb"));
+    let (ok, _, stderr) = kb(scratch.path(), &app.database_url, &["ingest", "kb"]).await;
+    assert!(ok, "{stderr}");
+
+    let answer = app
+        .create(
+            Value::Null,
+            "What does it cost to pay by card abroad?",
+            None,
+        )
+        .await;
+    answer.expect(200);
+    let requests = app.openai.requests();
+    let prompt = requests.last().expect("model called")["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .expect("user turn")["content"]
+        .as_str()
+        .expect("content")
+        .to_string();
+    assert!(
+        prompt.contains(
+            "Source: faq-fees-abroad\nCategory: Fees & limits\nText: What does paying abroad cost?\nCard payments in foreign currencies cost 1.5% of the amount.\n\n"
+        ),
+        "{prompt}"
+    );
+    // Nothing reached Pinecone.
+    assert!(app.pinecone.requests().is_empty());
+
+    // An off-topic question gets no context at all.
+    app.create(Value::Null, "Who won the football world cup in 1998?", None)
+        .await
+        .expect(200);
+    let requests = app.openai.requests();
+    let prompt = requests.last().expect("model called")["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .expect("user turn")["content"]
+        .as_str()
+        .expect("content")
+        .to_string();
+    assert!(!prompt.contains("Source: "), "{prompt}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn kb_ingest_fills_pinecone_in_batches_of_96_retrying_429_and_5xx() {
+    let pinecone = FakePinecone::start().await;
+    pinecone.fail_upserts(&[429, 503]);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let url = test_database_url(&scratch.path().join("kb.db")).await;
+    let lines: String = (0..200)
+        .map(|n| {
+            format!(
+                "{}\n",
+                json!({"id": format!("r{n}"), "question": format!("Question {n}?"), "answer": "Answer.", "category": "Cards"})
+            )
+        })
+        .collect();
+    std::fs::write(scratch.path().join("many.jsonl"), lines).expect("write");
+    let env = [
+        ("PINECONE_API_KEY", "pc-test-key"),
+        ("PINECONE_HOST", pinecone.base_url.as_str()),
+        ("PINECONE_NAMESPACE", "support docs"),
+        ("PINECONE_TEXT_FIELD", "chunk_text"),
+        ("PINECONE_RETRY_BASE_MS", "1"),
+    ];
+    let (ok, _, stderr) = kb_with(scratch.path(), &url, &env, &["ingest", "many.jsonl"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("200 records from 1 files"), "{stderr}");
+    assert!(stderr.contains("2 upsert requests retried"), "{stderr}");
+    let upserts = pinecone.upserts();
+    assert_eq!(
+        upserts.iter().map(|u| u.records.len()).collect::<Vec<_>>(),
+        vec![96, 96, 8]
+    );
+    let first = &upserts[0];
+    assert_eq!(first.namespace, "support docs");
+    assert_eq!(first.api_key.as_deref(), Some("pc-test-key"));
+    assert_eq!(first.content_type.as_deref(), Some("application/x-ndjson"));
+    assert_eq!(
+        first.records[0],
+        json!({"_id": "r0", "chunk_text": "Question 0?\nAnswer.", "category": "Cards", "title": "Question 0?"})
+    );
+    // A refusal that retrying cannot fix fails the command.
+    pinecone.fail_upserts(&[400]);
+    let (ok, _, stderr) = kb_with(scratch.path(), &url, &env, &["ingest", "many.jsonl"]).await;
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("HTTP 400"), "{stderr}");
+}
