@@ -175,6 +175,8 @@ pub struct Config {
     pub model: ModelConfig,
     pub pinecone: Option<PineconeConfig>,
     pub retrieval: RetrievalConfig,
+    /// Answered without calling the model when no record cleared the minimum score.
+    pub ungrounded_reply: Option<String>,
     pub jwt_secret: Secret,
     pub jwt_algorithm: Algorithm,
     pub jwt_expire_minutes: i64,
@@ -383,6 +385,7 @@ impl Config {
             model,
             pinecone,
             retrieval,
+            ungrounded_reply: env.optional("UNGROUNDED_REPLY"),
             jwt_secret,
             jwt_algorithm,
             jwt_expire_minutes: env.parse_in("JWT_EXPIRE_MINUTES", 60, 1..=525_600)?,

@@ -135,6 +135,7 @@ impl Application {
             db.clone(),
             model,
             retrieval,
+            config.ungrounded_reply.clone(),
             ChatSettings {
                 history_max_messages: config.history_max_messages,
                 max_message_chars: config.max_message_chars,

@@ -12,10 +12,12 @@ use std::task::{Context, Poll};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clients::model::{ModelClient, ModelError, TokenStream};
+use crate::clients::retrieval::Passage;
 use crate::error::AppError;
 use crate::services::guardrails::{self, Verdict};
 use crate::services::knowledge::retrieve::Retrieval;
@@ -26,13 +28,55 @@ use crate::storage::conversations::{self, ConversationRecord};
 use crate::storage::messages::{self, MessageRecord, NewMessage, Role};
 
 /// One message as clients see it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClientMessage {
     pub id: i64,
     /// `user` or `assistant`.
     pub role: &'static str,
     pub content: String,
     pub created_at: DateTime<Utc>,
+    /// Assistant items: the knowledge-base records the answer was given
+    /// (empty for refusals and for answers older than sources).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Source>>)]
+    pub sources: Option<Box<RawValue>>,
+    /// Assistant items: whether any record cleared `RETRIEVAL_MIN_SCORE`;
+    /// null for refusals and answers older than grounding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<bool>, nullable)]
+    pub grounded: Option<Option<bool>>,
+}
+
+/// A knowledge-base record an answer was given.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct Source {
+    pub id: String,
+    pub title: Option<String>,
+    pub category: Option<String>,
+    pub url: Option<String>,
+    /// Higher is better (local: 0..1; Pinecone: its own score).
+    pub score: f64,
+}
+
+impl From<&Passage> for Source {
+    fn from(passage: &Passage) -> Self {
+        Self {
+            id: passage.id.clone(),
+            title: passage.title.clone(),
+            category: passage.category.clone(),
+            url: passage.url.clone(),
+            score: passage.score,
+        }
+    }
+}
+
+/// Stored sources as they go out; `[]` when none were stored.
+fn sources_json(stored: Option<&str>) -> Option<Box<RawValue>> {
+    let empty = || RawValue::from_string("[]".to_string()).ok();
+    match stored {
+        Some(text) => RawValue::from_string(text.to_string()).ok().or_else(empty),
+        None => empty(),
+    }
 }
 
 /// A conversation's client-visible history.
@@ -78,12 +122,16 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                 role: "user",
                 content: typed(),
                 created_at: record.created_at,
+                sources: None,
+                grounded: None,
             }),
             Role::Assistant => view.push(ClientMessage {
                 id: record.id,
                 role: "assistant",
                 content: record.content.clone(),
                 created_at: record.created_at,
+                sources: sources_json(record.sources.as_deref()),
+                grounded: Some(record.grounded),
             }),
             Role::Guardrails => {
                 view.push(ClientMessage {
@@ -91,12 +139,16 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                     role: "user",
                     content: typed(),
                     created_at: record.created_at,
+                    sources: None,
+                    grounded: None,
                 });
                 view.push(ClientMessage {
                     id: record.id,
                     role: "assistant",
                     content: record.content.clone(),
                     created_at: record.created_at,
+                    sources: sources_json(None),
+                    grounded: Some(None),
                 });
             }
         }
@@ -202,6 +254,8 @@ pub struct ChatService {
     db: Database,
     model: Option<ModelClient>,
     retrieval: Retrieval,
+    /// Answered without calling the model when no record cleared the minimum score.
+    ungrounded_reply: Option<Arc<str>>,
     settings: ChatSettings,
     limits: StreamLimits,
     /// Stores of partial answers outlive their stream; shutdown waits for them.
@@ -224,6 +278,7 @@ impl ChatService {
         db: Database,
         model: Option<ModelClient>,
         retrieval: Retrieval,
+        ungrounded_reply: Option<String>,
         settings: ChatSettings,
         tasks: TaskTracker,
     ) -> Self {
@@ -231,6 +286,7 @@ impl ChatService {
             db,
             model,
             retrieval,
+            ungrounded_reply: ungrounded_reply.map(Arc::from),
             limits: StreamLimits::new(settings.max_streams_total, settings.max_streams_per_user),
             settings,
             tasks,
@@ -286,6 +342,8 @@ impl ChatService {
                     role: Role::Guardrails,
                     content: reason.message(),
                     user_message: Some(&redacted),
+                    sources: None,
+                    grounded: None,
                 };
                 messages::insert(&self.db, refusal).await?;
                 return Ok(TurnOutcome::Refused(self.view(conversation_id).await?.view));
@@ -311,15 +369,35 @@ impl ChatService {
         };
         let ((conversation_id, history), passages) =
             tokio::try_join!(conversation_and_history, search)?;
+        let grounding = Grounding::of(&passages);
         let turn = prompt::user_turn(&redacted, &prompt::context_block(&passages));
-        let prompt_messages =
-            prompt::assemble(&history, turn.clone(), self.settings.history_max_messages);
         let user_message = NewMessage {
             conversation_id,
             role: Role::User,
             content: &turn,
             user_message: Some(&redacted),
+            sources: None,
+            grounded: None,
         };
+        // Nothing in the knowledge base and a fixed reply configured: that
+        // reply is the answer, streamed like one, and the model is not called.
+        if !grounding.grounded
+            && let Some(reply) = &self.ungrounded_reply
+        {
+            messages::insert(&self.db, user_message).await?;
+            let tokens: TokenStream = Box::pin(futures::stream::iter([Ok(reply.to_string())]));
+            return Ok(TurnOutcome::Streaming(ReplyStream {
+                conversation_id,
+                events: Box::pin(self.clone().reply_events(
+                    conversation_id,
+                    tokens,
+                    slot,
+                    grounding,
+                )),
+            }));
+        }
+        let prompt_messages =
+            prompt::assemble(&history, turn.clone(), self.settings.history_max_messages);
         // Store the question while the model request goes out (neither needs
         // the other); both are awaited, so a failed model call still leaves the
         // question stored, and a failed store drops (cancels) the model stream.
@@ -331,7 +409,10 @@ impl ChatService {
         let tokens = tokens.map_err(|err| upstream_error(conversation_id, err))?;
         Ok(TurnOutcome::Streaming(ReplyStream {
             conversation_id,
-            events: Box::pin(self.clone().reply_events(conversation_id, tokens, slot)),
+            events: Box::pin(
+                self.clone()
+                    .reply_events(conversation_id, tokens, slot, grounding),
+            ),
         }))
     }
 
@@ -340,6 +421,7 @@ impl ChatService {
         conversation_id: i64,
         mut tokens: TokenStream,
         slot: StreamSlot,
+        grounding: Grounding,
     ) -> impl Stream<Item = ReplyEvent> + Send {
         async_stream::stream! {
             let _slot = slot;
@@ -348,6 +430,7 @@ impl ChatService {
                 tasks: self.tasks.clone(),
                 conversation_id,
                 text: String::new(),
+                grounding,
                 settled: false,
             };
             let mut failure = None;
@@ -656,7 +739,26 @@ struct PartialAnswer {
     tasks: TaskTracker,
     conversation_id: i64,
     text: String,
+    grounding: Grounding,
     settled: bool,
+}
+
+/// What an answer was given: its sources (as stored, a JSON array) and
+/// whether any of them cleared the minimum score.
+#[derive(Debug, Clone)]
+struct Grounding {
+    sources: String,
+    grounded: bool,
+}
+
+impl Grounding {
+    fn of(passages: &[Passage]) -> Self {
+        let sources: Vec<Source> = passages.iter().map(Source::from).collect();
+        Self {
+            sources: serde_json::to_string(&sources).unwrap_or_else(|_| "[]".to_string()),
+            grounded: !passages.is_empty(),
+        }
+    }
 }
 
 impl PartialAnswer {
@@ -671,6 +773,7 @@ impl PartialAnswer {
             self.db.clone(),
             self.conversation_id,
             std::mem::take(&mut self.text),
+            self.grounding.clone(),
         );
         self.tasks
             .spawn(write)
@@ -695,6 +798,7 @@ impl Drop for PartialAnswer {
             self.db.clone(),
             self.conversation_id,
             std::mem::take(&mut self.text),
+            self.grounding.clone(),
         );
         let conversation_id = self.conversation_id;
         self.tasks.spawn_on(
@@ -708,12 +812,19 @@ impl Drop for PartialAnswer {
     }
 }
 
-async fn store_answer(db: Database, conversation_id: i64, text: String) -> Result<(), AppError> {
+async fn store_answer(
+    db: Database,
+    conversation_id: i64,
+    text: String,
+    grounding: Grounding,
+) -> Result<(), AppError> {
     let message = NewMessage {
         conversation_id,
         role: Role::Assistant,
         content: &text,
         user_message: None,
+        sources: Some(&grounding.sources),
+        grounded: Some(grounding.grounded),
     };
     messages::insert(&db, message).await?;
     Ok(())

@@ -38,11 +38,15 @@ pub fn context_block(passages: &[Passage]) -> String {
 
 /// The current user turn: the question plus its context and how to use it.
 pub fn user_turn(question: &str, context: &str) -> String {
-    let context = if context.trim().is_empty() {
-        "(no relevant context was found)\n"
-    } else {
-        context
-    };
+    if context.trim().is_empty() {
+        // Ungrounded: nothing in the knowledge base cleared the minimum score.
+        return format!(
+            "The knowledge base has nothing on the customer's question below (no relevant context was found). \
+Say so plainly: do not guess or answer from general knowledge, especially about fees, limits, rates or timelines. \
+Offer to help with something else or suggest contacting support.\n\n\
+<context>\n(no relevant context was found)\n</context>\n\nQuestion: {question}"
+        );
+    }
     format!(
         "Answer the customer's question using only the context below. \
 If the context is not enough, say that you do not know and suggest contacting support. \
@@ -118,6 +122,8 @@ mod tests {
             content: content.into(),
             user_message: typed.map(str::to_string),
             created_at: Utc::now(),
+            sources: None,
+            grounded: None,
         }
     }
 

@@ -44,6 +44,10 @@ pub struct MessageRecord {
     pub content: String,
     pub user_message: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Assistant answers: the JSON array of the sources they were given.
+    pub sources: Option<String>,
+    /// Assistant answers: whether any retrieved hit cleared the minimum score.
+    pub grounded: Option<bool>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -54,6 +58,8 @@ struct MessageRow {
     content: String,
     user_message: Option<String>,
     created_at: DateTime<Utc>,
+    sources: Option<String>,
+    grounded: Option<bool>,
 }
 
 impl TryFrom<MessageRow> for MessageRecord {
@@ -71,6 +77,8 @@ impl TryFrom<MessageRow> for MessageRecord {
             content: row.content,
             user_message: row.user_message,
             created_at: row.created_at,
+            sources: row.sources,
+            grounded: row.grounded,
         })
     }
 }
@@ -82,6 +90,9 @@ pub struct NewMessage<'a> {
     pub role: Role,
     pub content: &'a str,
     pub user_message: Option<&'a str>,
+    /// Assistant answers only: sources (a JSON array) and grounding.
+    pub sources: Option<&'a str>,
+    pub grounded: Option<bool>,
 }
 
 /// Stores a message. The `messages_touch_conversation` trigger (migration
@@ -92,16 +103,19 @@ pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx:
     let (conversation_id, role) = (message.conversation_id, message.role.as_str());
     let content = message.content.to_owned();
     let user_message = message.user_message.map(str::to_owned);
+    let (sources, grounded) = (message.sources.map(str::to_owned), message.grounded);
     on_writer!(db, conn => {
         let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO messages (conversation_id, role, content, user_message, created_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO messages (conversation_id, role, content, user_message, created_at, sources, grounded) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(conversation_id)
         .bind(role)
         .bind(content)
         .bind(user_message)
         .bind(now)
+        .bind(sources)
+        .bind(grounded)
         .fetch_one(&mut *conn)
         .await?;
         Ok(id)
@@ -119,7 +133,8 @@ pub async fn list(db: &Database, conversation_id: i64) -> Result<Vec<MessageReco
     let rows = on_reader!(db, conn => {
         sqlx::query_as::<_, MessageRow>(
             "SELECT id, conversation_id, role, \
-             CASE WHEN role = 'user' THEN '' ELSE content END AS content, user_message, created_at \
+             CASE WHEN role = 'user' THEN '' ELSE content END AS content, user_message, created_at, \
+             sources, grounded \
              FROM messages WHERE conversation_id = $1 ORDER BY id",
         )
         .bind(conversation_id)

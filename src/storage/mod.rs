@@ -290,6 +290,8 @@ mod tests {
             role: Role::Assistant,
             content,
             user_message: None,
+            sources: None,
+            grounded: None,
         }
     }
 
@@ -312,6 +314,8 @@ mod tests {
             role: Role::User,
             content: "question with context",
             user_message: Some("question"),
+            sources: None,
+            grounded: None,
         };
         messages::insert(db, question)
             .await

@@ -266,6 +266,18 @@ async fn a_python_database_is_adopted_with_accounts_tokens_and_histories() {
         .map(|(id, role, content, at)| (id, role.to_string(), content.to_string(), instant(at)))
         .collect();
     assert_eq!(view(&history.expect(200)["messages"]), expected);
+    // Adopted answers and refusals: no sources, grounding unknown.
+    for item in history.body["data"]["messages"]
+        .as_array()
+        .expect("messages")
+    {
+        if item["role"] == "assistant" {
+            assert_eq!(
+                (item["sources"].clone(), item["grounded"].clone()),
+                (json!([]), Value::Null)
+            );
+        }
+    }
 
     // Ownership is kept: Bob's token cannot read Alice's conversation.
     let bob = old_token("2", "bob@example.com");
