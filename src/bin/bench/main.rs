@@ -11,6 +11,7 @@
 
 mod adoption;
 mod fake;
+mod knowledge;
 mod load;
 mod report;
 mod sections;
@@ -34,6 +35,7 @@ usage: cargo run --release --bin bench -- [options]
                          1 request rates   2 added time to first delta   3 concurrent streams
                          4 login flood     5 prompt cost                 6 memory
                          7 upgrading in place (adopting a Python-service database)
+                         8 local knowledge base (ingest and search 50,000 records)
   --adoption-messages N  messages in section 7's generated database (default 100000)
   --postgres URL       also run section 7 on PostgreSQL: a server URL whose user may
                          create databases (the bench creates and drops its own)
@@ -65,7 +67,7 @@ struct Options {
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         quick: false,
-        sections: (1..=7).collect(),
+        sections: (1..=8).collect(),
         streams: vec![5000, 10_000],
         tokens: 100,
         server_env: Vec::new(),
@@ -85,7 +87,7 @@ fn parse_args() -> Result<Options, String> {
                 let list = value("--sections")?;
                 options.sections = list
                     .split(',')
-                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=7).contains(n)))
+                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=8).contains(n)))
                     .collect::<Option<_>>()
                     .ok_or(format!("--sections: bad list {list:?}"))?;
                 options.sections.insert(6);
@@ -352,7 +354,7 @@ async fn run(options: Options) -> Result<(), String> {
          the server opens another connection when its open ones are full).",
         fake::MAX_STREAMS_PER_CONNECTION
     ));
-    if !options.sections.is_superset(&(1..=7).collect()) {
+    if !options.sections.is_superset(&(1..=8).collect()) {
         results
             .notes
             .push(format!("Sections run: {:?}.", options.sections));
@@ -373,10 +375,25 @@ async fn run(options: Options) -> Result<(), String> {
             );
         }
     }
+    if options.sections.contains(&8) {
+        println!("section 8: local knowledge base");
+        let records = if options.quick { 5_000 } else { 50_000 };
+        let run = knowledge::run(&binary, &dir, records).await?;
+        println!(
+            "  {} records ingested in {:?} ({:.0} records/s, peak RSS {} MiB); search p50 {} µs, p99 {} µs",
+            run.records,
+            run.ingest,
+            run.records_per_second(),
+            run.ingest_peak_rss_kib / 1024,
+            run.searches.value_at_quantile(0.5),
+            run.searches.value_at_quantile(0.99)
+        );
+        results.knowledge = Some(run);
+    }
     results.elapsed = started.elapsed();
     let markdown = report::render(&results);
     println!("\n{markdown}");
-    let all_sections = options.sections.len() == 7;
+    let all_sections = options.sections.len() == 8;
     let out = match (&options.out, options.no_write) {
         (_, true) => None,
         (Some(path), false) => Some(path.clone()),

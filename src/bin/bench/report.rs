@@ -37,6 +37,7 @@ pub struct Results {
     pub login: Option<LoginFlood>,
     pub prompts: Vec<(usize, PromptStat)>,
     pub adoption: Vec<crate::adoption::AdoptionRun>,
+    pub knowledge: Option<crate::knowledge::KnowledgeRun>,
     pub notes: Vec<String>,
 }
 
@@ -404,6 +405,26 @@ Command: the whole process, including connecting, the `VACUUM INTO` copy on SQLi
                 duration(run.command),
             );
         }
+    }
+    if let Some(run) = &results.knowledge {
+        let _ = writeln!(
+            w,
+            "\n## 8. Local knowledge base\n\n{} generated JSON Lines records (a question and an answer, about 500 characters; words drawn from a support vocabulary \
+and a long tail of 20,000 rarer ones) ingested by `eloquent kb ingest` (release build) into a fresh SQLite file; then the retrieval stage of a turn \
+(`search_local`: the FTS5 candidates and their IDF-coverage scores, top 5) timed in the bench process against that file, {} questions × 3 passes after a warm-up pass.\n\n\
+| records | ingestion | records/s | ingest peak RSS | database file | search p50 | search p99 | search max |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n\
+| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            run.records,
+            run.queries,
+            run.records,
+            duration(run.ingest),
+            run.records_per_second(),
+            mib(run.ingest_peak_rss_kib),
+            mib(run.database_bytes / 1024),
+            ms(q(&run.searches, 0.5)),
+            ms(q(&run.searches, 0.99)),
+            ms(run.searches.max()),
+        );
     }
     if !results.notes.is_empty() {
         let _ = writeln!(w, "\n## Notes\n");

@@ -1,0 +1,248 @@
+//! Section 8: the local knowledge base at 50,000 records. `eloquent kb
+//! ingest` (release build) times the ingestion and reports its peak RSS;
+//! the retrieval stage of a turn (`search_local`, the code the server runs
+//! before calling the model) is timed in this process against the same file.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use eloquent::config::DatabaseTarget;
+use eloquent::services::knowledge::retrieve::search_local;
+use eloquent::storage::{Database, PoolSettings};
+use hdrhistogram::Histogram;
+
+/// Topic words records are built from (a support site's vocabulary), plus a
+/// long tail of rarer generated words, as real documentation has.
+const TOPICS: &[&str] = &[
+    "card",
+    "payment",
+    "transfer",
+    "account",
+    "fee",
+    "limit",
+    "loan",
+    "savings",
+    "interest",
+    "statement",
+    "dispute",
+    "chargeback",
+    "refund",
+    "merchant",
+    "pin",
+    "password",
+    "login",
+    "security",
+    "fraud",
+    "phishing",
+    "travel",
+    "abroad",
+    "currency",
+    "exchange",
+    "atm",
+    "withdrawal",
+    "deposit",
+    "salary",
+    "overdraft",
+    "mortgage",
+    "insurance",
+    "app",
+    "notification",
+    "identity",
+    "verification",
+    "address",
+    "tax",
+    "invoice",
+    "direct",
+    "debit",
+    "standing",
+    "order",
+    "iban",
+    "swift",
+    "contactless",
+    "wallet",
+    "apple",
+    "google",
+    "virtual",
+    "freeze",
+    "block",
+    "replace",
+    "stolen",
+    "lost",
+    "delivery",
+    "business",
+    "joint",
+    "minor",
+    "closing",
+];
+
+/// One measured section-8 run.
+pub struct KnowledgeRun {
+    pub records: usize,
+    pub ingest: Duration,
+    pub ingest_peak_rss_kib: u64,
+    pub database_bytes: u64,
+    pub searches: Histogram<u64>,
+    pub queries: usize,
+}
+
+impl KnowledgeRun {
+    pub fn records_per_second(&self) -> f64 {
+        self.records as f64 / self.ingest.as_secs_f64().max(1e-9)
+    }
+}
+
+/// xorshift64*: reproducible record text without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn word(&mut self) -> String {
+        if self.below(3) == 0 {
+            TOPICS[self.below(TOPICS.len())].to_string()
+        } else {
+            // Zipf-ish long tail: low numbers far more often.
+            let span = 1 + self.below(20_000);
+            let rank = self.below(span);
+            format!("term{rank}")
+        }
+    }
+
+    fn sentence(&mut self, words: usize) -> String {
+        (0..words)
+            .map(|_| self.word())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Writes `records` JSON Lines records (question/answer, about 500
+/// characters each) and the queries to time against them.
+fn generate(path: &Path, records: usize) -> Result<Vec<String>, String> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut out = String::with_capacity(records * 600);
+    let mut queries = Vec::new();
+    for n in 0..records {
+        let question = format!("How do I {}?", rng.sentence(6));
+        let answer = format!("{}.", rng.sentence(70));
+        if n % 50 == 0 {
+            queries.push(question.clone());
+        }
+        let line = serde_json::json!({
+            "id": format!("bench-{n}"),
+            "question": question,
+            "answer": answer,
+            "category": TOPICS[n % TOPICS.len()],
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    // Off-topic and short questions too: they scan different postings.
+    queries.extend(
+        [
+            "my card was stolen abroad what do I do",
+            "fees for a transfer to another currency",
+            "what is the weather like tomorrow",
+            "pin",
+        ]
+        .iter()
+        .map(|query| query.to_string()),
+    );
+    std::fs::write(path, out).map_err(|err| format!("write {}: {err}", path.display()))?;
+    Ok(queries)
+}
+
+/// Runs `eloquent kb ingest` on the file: its wall time and peak RSS (the
+/// child's `VmHWM`, read while it runs).
+async fn run_ingest(
+    binary: &Path,
+    workdir: &Path,
+    url: &str,
+    file: &Path,
+) -> Result<(Duration, u64), String> {
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(binary)
+        .args(["kb", "ingest"])
+        .arg(file)
+        .current_dir(workdir)
+        .env("DATABASE_URL", url)
+        .env("RETRIEVAL_BACKEND", "local")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("run {}: {err}", binary.display()))?;
+    let pid = child.id().unwrap_or(0);
+    let mut peak = 0;
+    let status = loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let hwm = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| value.split_whitespace().next())
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .unwrap_or(0);
+            peak = peak.max(hwm);
+        }
+        match tokio::time::timeout(Duration::from_millis(20), child.wait()).await {
+            Ok(status) => break status.map_err(|err| format!("wait: {err}"))?,
+            Err(_) => continue,
+        }
+    };
+    let elapsed = started.elapsed();
+    if !status.success() {
+        return Err(format!("eloquent kb ingest failed: {status}"));
+    }
+    Ok((elapsed, peak))
+}
+
+/// Ingests `records` generated records into a fresh SQLite file and times
+/// the retrieval stage on it.
+pub async fn run(binary: &Path, dir: &Path, records: usize) -> Result<KnowledgeRun, String> {
+    let file = dir.join("kb-bench.jsonl");
+    let db_path = dir.join("kb-bench.db");
+    let queries = generate(&file, records)?;
+    let url = format!("sqlite:///{}", db_path.display());
+    let (ingest, ingest_peak_rss_kib) = run_ingest(binary, dir, &url, &file).await?;
+    let database_bytes = std::fs::metadata(&db_path)
+        .map(|meta| meta.len())
+        .unwrap_or(0);
+
+    let target = DatabaseTarget::SqliteFile(db_path);
+    let db = Database::connect(&target, PoolSettings::small(Duration::from_secs(10)))
+        .await
+        .map_err(|err| format!("open: {err}"))?;
+    let mut searches =
+        Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).map_err(|err| err.to_string())?;
+    // One warm-up pass (page cache), then three timed passes.
+    for pass in 0..4 {
+        for query in &queries {
+            let started = Instant::now();
+            search_local(&db, query, 5)
+                .await
+                .map_err(|err| format!("search: {err}"))?;
+            if pass > 0 {
+                let _ = searches.record(started.elapsed().as_micros().max(1) as u64);
+            }
+        }
+    }
+    db.close().await;
+    Ok(KnowledgeRun {
+        records,
+        ingest,
+        ingest_peak_rss_kib,
+        database_bytes,
+        queries: queries.len(),
+        searches,
+    })
+}
