@@ -406,3 +406,39 @@ async fn kb_ingest_fills_pinecone_in_batches_of_96_retrying_429_and_5xx() {
     assert!(!ok, "{stderr}");
     assert!(stderr.contains("HTTP 400"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_shipped_sample_ingests_cleanly_and_finds_a_newcomers_first_questions() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let url = test_database_url(&scratch.path().join("kb.db")).await;
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("kb/sample");
+    let sample = sample.to_str().expect("utf-8 path");
+    let (ok, _, stderr) = kb(scratch.path(), &url, &["ingest", sample]).await;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("0 bad rows"), "{stderr}");
+    for (question, expected) in [
+        ("my card was stolen, what do I do?", "faq-cards-lost"),
+        (
+            "what fees do I pay using my card abroad?",
+            "faq-fees-abroad",
+        ),
+        ("whats the contactless limit", "faq-cards-contactless"),
+    ] {
+        let hits = search(scratch.path(), &url, question).await;
+        assert_eq!(
+            hits.first().map(|hit| hit["id"].clone()),
+            Some(json!(expected)),
+            "{question}: {hits:?}"
+        );
+    }
+    let hits = search(
+        scratch.path(),
+        &url,
+        "how long until a chargeback is decided",
+    )
+    .await;
+    assert_eq!(
+        hits[0]["title"], "Disputing a card payment > What happens next > Chargeback timelines",
+        "{hits:?}"
+    );
+}

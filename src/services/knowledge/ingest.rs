@@ -98,10 +98,15 @@ fn walk(dir: &Path, files: &mut Vec<(PathBuf, Option<Format>)>) -> Result<(), In
     Ok(())
 }
 
-/// The source name of a file: its path as given, without a leading `./`,
-/// with `/` separators (so ids do not depend on how the path was typed).
+/// The source name of a file: its path as given (relative to the working
+/// directory when it is under it), without a leading `./`, with `/`
+/// separators, so ids do not depend on how the path was typed.
 pub fn source_name(path: &Path) -> String {
-    let text = path.to_string_lossy().replace('\\', "/");
+    let relative = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf());
+    let text = relative.to_string_lossy().replace('\\', "/");
     let mut name = text.as_str();
     while let Some(rest) = name.strip_prefix("./") {
         name = rest;
