@@ -76,8 +76,12 @@ const TOPICS: &[&str] = &[
     "closing",
 ];
 
+/// Retrieval quality per kind of question: (kind, questions, answered right).
+pub type Quality = Vec<(String, usize, usize)>;
+
 /// One measured section-8 run.
 pub struct KnowledgeRun {
+    pub quality: Quality,
     pub records: usize,
     pub ingest: Duration,
     pub ingest_peak_rss_kib: u64,
@@ -237,7 +241,9 @@ pub async fn run(binary: &Path, dir: &Path, records: usize) -> Result<KnowledgeR
         }
     }
     db.close().await;
+    let quality = evaluate(binary, dir).await?;
     Ok(KnowledgeRun {
+        quality,
         records,
         ingest,
         ingest_peak_rss_kib,
@@ -245,4 +251,57 @@ pub async fn run(binary: &Path, dir: &Path, records: usize) -> Result<KnowledgeR
         queries: queries.len(),
         searches,
     })
+}
+
+/// Retrieval quality on the held-out questions of `kb/eval/questions.jsonl`
+/// against the shipped sample (`kb/sample`), at the default minimum score:
+/// paraphrases, typos and guide-only questions count when the expected
+/// record is among the top 3 hits (hit@3); off-topic ones when no hit
+/// clears the minimum (the turn is ungrounded).
+async fn evaluate(binary: &Path, dir: &Path) -> Result<Quality, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let db_path = dir.join("kb-eval.db");
+    let url = format!("sqlite:///{}", db_path.display());
+    run_ingest(binary, dir, &url, &root.join("kb/sample")).await?;
+    let questions = std::fs::read_to_string(root.join("kb/eval/questions.jsonl"))
+        .map_err(|err| format!("kb/eval/questions.jsonl: {err}"))?;
+    let db = Database::connect(
+        &DatabaseTarget::SqliteFile(db_path),
+        PoolSettings::small(Duration::from_secs(10)),
+    )
+    .await
+    .map_err(|err| format!("open: {err}"))?;
+    let mut quality: Quality = Vec::new();
+    for line in questions.lines().filter(|line| !line.trim().is_empty()) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).map_err(|err| format!("eval line {line:?}: {err}"))?;
+        let question = entry["question"].as_str().unwrap_or_default();
+        let kind = entry["kind"].as_str().unwrap_or("unknown").to_string();
+        let hits: Vec<_> = search_local(&db, question, 3)
+            .await
+            .map_err(|err| format!("search: {err}"))?
+            .into_iter()
+            .filter(|hit| hit.score >= eloquent::config::DEFAULT_LOCAL_MIN_SCORE)
+            .collect();
+        let right = match entry["expect"].as_str() {
+            None => hits.is_empty(),
+            Some(expected) => match expected.strip_prefix("guide:") {
+                Some(section) => hits.iter().any(|hit| {
+                    hit.title
+                        .as_deref()
+                        .is_some_and(|title| title.ends_with(&format!("> {section}")))
+                }),
+                None => hits.iter().any(|hit| hit.id == expected),
+            },
+        };
+        match quality.iter_mut().find(|(name, _, _)| *name == kind) {
+            Some((_, total, good)) => {
+                *total += 1;
+                *good += usize::from(right);
+            }
+            None => quality.push((kind, 1, usize::from(right))),
+        }
+    }
+    db.close().await;
+    Ok(quality)
 }

@@ -388,6 +388,9 @@ async fn run(options: Options) -> Result<(), String> {
             run.searches.value_at_quantile(0.5),
             run.searches.value_at_quantile(0.99)
         );
+        for (kind, total, right) in &run.quality {
+            println!("  quality, {kind}: {right}/{total}");
+        }
         results.knowledge = Some(run);
     }
     results.elapsed = started.elapsed();

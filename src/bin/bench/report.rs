@@ -425,6 +425,19 @@ and a long tail of 20,000 rarer ones) ingested by `eloquent kb ingest` (release 
             ms(q(&run.searches, 0.99)),
             ms(run.searches.max()),
         );
+        let _ = writeln!(
+            w,
+            "\nRetrieval quality: the held-out questions of `kb/eval/questions.jsonl` (written for this, never tuned on) against the shipped sample `kb/sample` \
+(20 FAQ rows, one guide), at the default `RETRIEVAL_MIN_SCORE`. Paraphrases, typos and guide-only questions: the expected record among the top 3 hits \
+that clear the minimum (hit@3). Off-topic: no hit clears it (the turn is ungrounded).\n\n| questions | count | right | share |\n|---|---:|---:|---:|"
+        );
+        for (kind, total, right) in &run.quality {
+            let _ = writeln!(
+                w,
+                "| {kind} | {total} | {right} | {:.0}% |",
+                100.0 * *right as f64 / (*total).max(1) as f64
+            );
+        }
     }
     if !results.notes.is_empty() {
         let _ = writeln!(w, "\n## Notes\n");
