@@ -30,6 +30,20 @@ const UPSERT_BATCH: usize = 500;
 /// alone exceeds this.
 const RARE_POSTINGS: i64 = 5_000;
 
+/// Whether ranking the records that hold every known term is affordable:
+/// some term is rare enough (within the postings budget). When every term
+/// is common, the engine would score thousands of records to rank them (a
+/// single turn took 26 ms at 50,000 records, and 200 concurrent turns
+/// queued for seconds; bench section 2 with `--kb-records`), so the first
+/// records found are taken unranked and the coverage score orders them.
+fn selective(containing: &[i64]) -> bool {
+    containing
+        .iter()
+        .filter(|count| **count > 0)
+        .min()
+        .is_none_or(|count| *count <= RARE_POSTINGS)
+}
+
 /// The terms worth an OR query: rarest first, while their postings fit the
 /// budget; terms no record has are left out (they cannot find anything).
 fn rare_terms(terms: &[String], containing: &[i64]) -> Vec<String> {
@@ -274,19 +288,30 @@ async fn search_sqlite(
         .map(|term| fts_string(term))
         .collect();
     let mut rows: Vec<CandidateRow> = Vec::new();
-    for query in [known.join(" AND "), rare.join(" OR ")] {
+    let ranked = |selective: bool| {
+        if selective {
+            "SELECT r.seq, r.id, r.title, r.category, r.url, r.text FROM kb_fts \
+             JOIN kb_records r ON r.seq = kb_fts.rowid \
+             WHERE kb_fts MATCH $1 ORDER BY bm25(kb_fts, 2.0, 1.0) LIMIT $2"
+        } else {
+            "SELECT r.seq, r.id, r.title, r.category, r.url, r.text FROM kb_fts \
+             JOIN kb_records r ON r.seq = kb_fts.rowid \
+             WHERE kb_fts MATCH $1 LIMIT $2"
+        }
+    };
+    let all_selective = selective(&containing);
+    for (query, sql) in [
+        (known.join(" AND "), ranked(all_selective)),
+        (rare.join(" OR "), ranked(true)),
+    ] {
         if query.is_empty() {
             continue;
         }
-        let found: Vec<CandidateRow> = sqlx::query_as(
-            "SELECT r.seq, r.id, r.title, r.category, r.url, r.text FROM kb_fts \
-             JOIN kb_records r ON r.seq = kb_fts.rowid \
-             WHERE kb_fts MATCH $1 ORDER BY bm25(kb_fts, 2.0, 1.0) LIMIT $2",
-        )
-        .bind(query)
-        .bind(candidates)
-        .fetch_all(&mut *conn)
-        .await?;
+        let found: Vec<CandidateRow> = sqlx::query_as(sql)
+            .bind(query)
+            .bind(candidates)
+            .fetch_all(&mut *conn)
+            .await?;
         for row in found {
             if !rows.iter().any(|seen| seen.seq == row.seq) {
                 rows.push(row);
@@ -335,21 +360,28 @@ async fn search_postgres(
         .collect();
     let rare = rare_terms(&order, &containing);
     let mut rows: Vec<CandidateRow> = Vec::new();
-    for (lexemes, operator) in [(known, " & "), (rare, " | ")] {
+    let all_selective = selective(&containing);
+    for (lexemes, operator, selective) in [(known, " & ", all_selective), (rare, " | ", true)] {
         if lexemes.is_empty() {
             continue;
         }
-        let found: Vec<CandidateRow> = sqlx::query_as(
+        let sql = if selective {
             "SELECT r.seq, r.id, r.title, r.category, r.url, r.text \
              FROM kb_records r, \
              (SELECT string_agg(quote_literal(l), $3)::tsquery AS q FROM unnest($1::text[]) AS l) AS s \
-             WHERE r.tsv @@ s.q ORDER BY ts_rank_cd(r.tsv, s.q) DESC LIMIT $2",
-        )
-        .bind(&lexemes)
-        .bind(candidates)
-        .bind(operator)
-        .fetch_all(pool)
-        .await?;
+             WHERE r.tsv @@ s.q ORDER BY ts_rank_cd(r.tsv, s.q) DESC LIMIT $2"
+        } else {
+            "SELECT r.seq, r.id, r.title, r.category, r.url, r.text \
+             FROM kb_records r, \
+             (SELECT string_agg(quote_literal(l), $3)::tsquery AS q FROM unnest($1::text[]) AS l) AS s \
+             WHERE r.tsv @@ s.q LIMIT $2"
+        };
+        let found: Vec<CandidateRow> = sqlx::query_as(sql)
+            .bind(&lexemes)
+            .bind(candidates)
+            .bind(operator)
+            .fetch_all(pool)
+            .await?;
         for row in found {
             if !rows.iter().any(|seen| seen.seq == row.seq) {
                 rows.push(row);

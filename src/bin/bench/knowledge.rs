@@ -305,3 +305,19 @@ async fn evaluate(binary: &Path, dir: &Path) -> Result<Quality, String> {
     db.close().await;
     Ok(quality)
 }
+
+/// Fills the server's own database with `records` generated records before
+/// it starts (`--kb-records`), so sections 1–3 run with local retrieval on a
+/// knowledge base of that size.
+pub async fn fill_server_database(
+    binary: &Path,
+    dir: &Path,
+    database_url: &str,
+    records: usize,
+) -> Result<Duration, String> {
+    let file = dir.join("kb-server.jsonl");
+    generate(&file, records)?;
+    let (elapsed, _) = run_ingest(binary, dir, database_url, &file).await?;
+    let _ = std::fs::remove_file(&file);
+    Ok(elapsed)
+}

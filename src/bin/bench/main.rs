@@ -37,6 +37,9 @@ usage: cargo run --release --bin bench -- [options]
                          7 upgrading in place (adopting a Python-service database)
                          8 local knowledge base (ingest and search 50,000 records)
   --adoption-messages N  messages in section 7's generated database (default 100000)
+  --kb-records N       serve with RETRIEVAL_BACKEND=local on a knowledge base of N generated
+                         records (ingested before the server starts) instead of the fake
+                         Pinecone: sections 1-3 then include local retrieval
   --postgres URL       also run section 7 on PostgreSQL: a server URL whose user may
                          create databases (the bench creates and drops its own)
   --streams LIST       stream counts for section 3 at 100 ms/token (default 5000,10000)
@@ -59,6 +62,7 @@ struct Options {
     server_env: Vec<(String, String)>,
     upstream_h2: bool,
     adoption_messages: i64,
+    kb_records: usize,
     postgres: Option<String>,
     out: Option<PathBuf>,
     no_write: bool,
@@ -73,6 +77,7 @@ fn parse_args() -> Result<Options, String> {
         server_env: Vec::new(),
         upstream_h2: true,
         adoption_messages: 100_000,
+        kb_records: 0,
         postgres: None,
         out: None,
         no_write: false,
@@ -129,6 +134,13 @@ fn parse_args() -> Result<Options, String> {
                     .ok_or("--adoption-messages: expected a number of at least 10")?;
             }
             "--postgres" => options.postgres = Some(value("--postgres")?),
+            "--kb-records" => {
+                options.kb_records = value("--kb-records")?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or("--kb-records: expected a positive number")?;
+            }
             "--out" => options.out = Some(PathBuf::from(value("--out")?)),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -201,6 +213,7 @@ async fn run(options: Options) -> Result<(), String> {
             "plain HTTP/1.1, as a local vLLM or Ollama; one connection per concurrent stream",
         )
     };
+    let mut results_notes: Vec<String> = Vec::new();
     let env: Vec<(String, String)> = [
         (
             "DATABASE_URL",
@@ -226,6 +239,24 @@ async fn run(options: Options) -> Result<(), String> {
     .map(|(name, value)| (name.to_string(), value))
     .chain(options.server_env.iter().cloned())
     .collect();
+    let mut env = env;
+    if options.kb_records > 0 {
+        let url = env
+            .iter()
+            .find(|(name, _)| name == "DATABASE_URL")
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        let took = knowledge::fill_server_database(&binary, &dir, &url, options.kb_records).await?;
+        println!(
+            "local knowledge base: {} records ingested in {took:?}",
+            options.kb_records
+        );
+        env.push(("RETRIEVAL_BACKEND".into(), "local".into()));
+        results_notes.push(format!(
+            "Served with `RETRIEVAL_BACKEND=local` on {} generated knowledge-base records (`--kb-records`): every turn's retrieval is the local search, not the fake Pinecone.",
+            options.kb_records
+        ));
+    }
     let server = Server::start(&binary, &dir, &env).await?;
     println!(
         "server pid {} on {} (log {}), upstream {upstream}",
@@ -240,6 +271,7 @@ async fn run(options: Options) -> Result<(), String> {
         command: "cargo build --release --bins && cargo run --release --bin bench".into(),
         ..Results::default()
     };
+    results.notes.append(&mut results_notes);
     if !options.server_env.is_empty() {
         results.notes.push(format!(
             "Extra server environment: {}.",

@@ -648,8 +648,10 @@ struct TtftSample {
 impl TtftSample {
     fn new(turn: &Turn, timing: Option<fake::Timing>) -> Option<Self> {
         let timing = timing?;
-        let (search, received, first_token) =
-            (timing.search?, timing.received?, timing.first_token?);
+        let (received, first_token) = (timing.received?, timing.first_token?);
+        // With local retrieval (`--kb-records`) the fake sees no search: all
+        // the time before the model request counts as "before the search".
+        let search = timing.search.unwrap_or(received);
         let first_delta = turn.first_delta?;
         let seen = first_delta.checked_duration_since(turn.sent)?;
         Some(Self {
