@@ -84,6 +84,29 @@ async fn kb_with(
     )
 }
 
+/// The user turn of the last prompt the model was sent.
+fn last_prompt(app: &crate::helpers::TestApp) -> String {
+    let requests = app.openai.requests();
+    requests.last().expect("model called")["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .expect("user turn")["content"]
+        .as_str()
+        .expect("content")
+        .to_string()
+}
+
+/// The last item of a view's `messages`.
+fn last_message(data: &Value) -> Value {
+    data["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .expect("a message")
+        .clone()
+}
+
 async fn stats(dir: &Path, url: &str) -> Value {
     let (ok, stdout, stderr) = kb(dir, url, &["stats", "--json"]).await;
     assert!(ok, "{stderr}");
@@ -192,15 +215,7 @@ async fn answers_draw_their_context_from_the_local_knowledge_base() {
         )
         .await;
     answer.expect(200);
-    let requests = app.openai.requests();
-    let prompt = requests.last().expect("model called")["messages"]
-        .as_array()
-        .expect("messages")
-        .last()
-        .expect("user turn")["content"]
-        .as_str()
-        .expect("content")
-        .to_string();
+    let prompt = last_prompt(&app);
     assert!(
         prompt.contains(
             "Source: faq-fees-abroad\nCategory: Fees & limits\nText: What does paying abroad cost?\nCard payments in foreign currencies cost 1.5% of the amount.\n\n"
@@ -241,15 +256,7 @@ async fn answers_draw_their_context_from_the_local_knowledge_base() {
     app.create(Value::Null, "Who won the football world cup in 1998?", None)
         .await
         .expect(200);
-    let requests = app.openai.requests();
-    let prompt = requests.last().expect("model called")["messages"]
-        .as_array()
-        .expect("messages")
-        .last()
-        .expect("user turn")["content"]
-        .as_str()
-        .expect("content")
-        .to_string();
+    let prompt = last_prompt(&app);
     assert!(!prompt.contains("Source: "), "{prompt}");
     assert!(
         prompt.contains("The knowledge base has nothing"),
@@ -296,12 +303,7 @@ async fn answers_draw_their_context_from_the_local_knowledge_base() {
             None,
         )
         .await;
-    let last = refused.expect(200)["messages"]
-        .as_array()
-        .expect("messages")
-        .last()
-        .expect("refusal")
-        .clone();
+    let last = last_message(refused.expect(200));
     assert_eq!(
         (last["grounded"].clone(), last["sources"].clone()),
         (Value::Null, json!([]))
@@ -321,12 +323,7 @@ async fn an_ungrounded_turn_answers_the_fixed_reply_without_calling_the_model() 
     let answer = app
         .create(Value::Null, "What is the capital of Australia?", None)
         .await;
-    let last = answer.expect(200)["messages"]
-        .as_array()
-        .expect("messages")
-        .last()
-        .expect("answer")
-        .clone();
+    let last = last_message(answer.expect(200));
     assert_eq!(last["content"], REPLY);
     assert_eq!(
         (last["grounded"].clone(), last["sources"].clone()),
@@ -344,12 +341,7 @@ async fn an_ungrounded_turn_answers_the_fixed_reply_without_calling_the_model() 
 async fn pinecone_hits_become_sources_with_their_scores() {
     let mut app = spawn_app_with(&[]).await;
     let answer = app.create(Value::Null, "Are transfers free?", None).await;
-    let last = answer.expect(200)["messages"]
-        .as_array()
-        .expect("messages")
-        .last()
-        .expect("answer")
-        .clone();
+    let last = last_message(answer.expect(200));
     assert_eq!(last["grounded"], true);
     assert_eq!(
         last["sources"],

@@ -222,6 +222,17 @@ fn view(messages: &Value) -> Vec<(i64, String, String, chrono::DateTime<chrono::
         .collect()
 }
 
+/// Logs in and checks that it reached account `id`; returns `data`.
+async fn logs_in_as(app: &TestApp, email: &str, password: &str, id: i64) -> Value {
+    let (status, data) = login(app, email, password).await;
+    assert_eq!(
+        (status, data["user"]["id"].as_i64()),
+        (200, Some(id)),
+        "{data}"
+    );
+    data
+}
+
 async fn login(app: &TestApp, email: &str, password: &str) -> (u16, Value) {
     let answer = app
         .post(
@@ -433,32 +444,12 @@ async fn rows_the_python_service_let_through_get_the_documented_answer() {
 
     // The oldest account keeps the shared address; the other one is reached
     // with its exact spelling, as in the Python service.
-    let (status, data) = login(&app, "alice@example.com", "old-password-1").await;
-    assert_eq!(
-        (status, data["user"]["id"].as_i64()),
-        (200, Some(1)),
-        "{data}"
-    );
-    let (status, data) = login(&app, "ALICE@example.com", "bob-password-2").await;
-    assert_eq!(
-        (status, data["user"]["id"].as_i64()),
-        (200, Some(4)),
-        "{data}"
-    );
+    logs_in_as(&app, "alice@example.com", "old-password-1", 1).await;
+    let data = logs_in_as(&app, "ALICE@example.com", "bob-password-2", 4).await;
     assert_eq!(data["user"]["email"], "ALICE@example.com");
     // The very same address twice: the younger account gets a tagged one.
-    let (status, data) = login(&app, "dave@example.com", "carol-pass-3").await;
-    assert_eq!(
-        (status, data["user"]["id"].as_i64()),
-        (200, Some(5)),
-        "{data}"
-    );
-    let (status, data) = login(&app, "dave+dup6@example.com", "carol-pass-3").await;
-    assert_eq!(
-        (status, data["user"]["id"].as_i64()),
-        (200, Some(6)),
-        "{data}"
-    );
+    logs_in_as(&app, "dave@example.com", "carol-pass-3", 5).await;
+    logs_in_as(&app, "dave+dup6@example.com", "carol-pass-3", 6).await;
     // The shared address is still taken for new signups.
     let taken = app
         .post(
@@ -556,12 +547,7 @@ async fn empty_tables_made_by_an_earlier_start_do_not_stand_in_the_way() {
     legacy.run(python_schema(&legacy.url)).await;
     legacy.run(ROWS).await;
     let mut app = legacy.start().await.expect("adopts");
-    let (status, data) = login(&app, "alice@example.com", "old-password-1").await;
-    assert_eq!(
-        (status, data["user"]["id"].as_i64()),
-        (200, Some(1)),
-        "{data}"
-    );
+    logs_in_as(&app, "alice@example.com", "old-password-1", 1).await;
     assert_eq!(legacy.scalar("SELECT COUNT(*) FROM messages").await, 17);
     app.stop().await;
 }
@@ -641,12 +627,7 @@ async fn new_python_rows_after_adoption_are_adopted_on_the_next_start_unless_the
         )
         .await;
     let mut app = legacy.start().await.expect("second start");
-    let (status, data) = login(&app, "frank@example.com", "old-password-1").await;
-    assert_eq!(
-        (status, data["user"]["id"].as_i64()),
-        (200, Some(4)),
-        "{data}"
-    );
+    logs_in_as(&app, "frank@example.com", "old-password-1", 4).await;
     assert_eq!(legacy.scalar("SELECT COUNT(*) FROM messages").await, 19);
     assert_eq!(
         legacy.scalar("SELECT COUNT(*) FROM legacy_adoptions").await,
