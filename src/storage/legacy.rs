@@ -248,13 +248,16 @@ pub async fn backup_sqlite(db: &Database) -> Result<Option<PathBuf>, sqlx::Error
     if file.as_os_str().is_empty() || file == Path::new(":memory:") {
         return Ok(None);
     }
+    // Servers starting together must not write the same copy (a second
+    // VACUUM INTO into a file being written fails half-way): the name holds
+    // the process id, and a count for a second copy in the same process.
+    static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
-    // Two servers starting together may pick the same name: the second
-    // copy gets a suffix (VACUUM INTO never overwrites).
-    let mut attempt = 0;
+    let pid = std::process::id();
+    let mut attempt = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     loop {
         let mut name = file.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".before-eloquent-{stamp}"));
+        name.push(format!(".before-eloquent-{stamp}-{pid}"));
         if attempt > 0 {
             name.push(format!("-{attempt}"));
         }

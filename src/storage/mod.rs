@@ -230,17 +230,27 @@ impl Database {
                 let mut conn = pool.acquire().await?;
                 set_busy_timeout(&mut conn, SQLITE_STARTUP_BUSY_TIMEOUT).await?;
                 // sqlx locks migrations on PostgreSQL only: two servers
-                // starting at once on one SQLite file both apply a migration
-                // and the slower one fails recording it (its transaction,
-                // DDL included, rolls back). Run again: it then finds the
-                // migration applied.
+                // starting at once on one SQLite file both apply a migration,
+                // and the slower one fails: recording it (unique violation),
+                // running it (`duplicate column name`: SQLite has no ADD
+                // COLUMN IF NOT EXISTS), or turning its deferred transaction
+                // into a writer after the other's commit (SQLITE_BUSY without
+                // waiting: the busy handler is not called for that). Its
+                // transaction, DDL included, rolled back: run again, and it
+                // finds the migrations applied. A migration that is really
+                // broken fails every attempt and its error is returned.
                 let mut attempts = 0;
                 let result = loop {
                     match SQLITE_MIGRATOR.run(&mut *conn).await {
-                        Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(err)))
-                            if err.is_unique_violation() && attempts < 3 =>
-                        {
+                        Err(
+                            sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(_))
+                            | sqlx::migrate::MigrateError::ExecuteMigration(
+                                sqlx::Error::Database(_),
+                                _,
+                            ),
+                        ) if attempts < 10 => {
                             attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(20 * attempts)).await;
                         }
                         other => break other,
                     }
