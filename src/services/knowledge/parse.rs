@@ -110,8 +110,8 @@ fn heading(line: &str) -> Option<(usize, String)> {
     if !rest.is_empty() && !rest.starts_with([' ', '\t']) {
         return None;
     }
-    let text = rest.trim().trim_end_matches('#').trim();
-    Some((level, text.to_string()))
+    let text = clean(rest.trim().trim_end_matches('#'));
+    Some((level, text))
 }
 
 /// Guides: sections at headings (Markdown), each split to fit the size limit.
@@ -152,7 +152,10 @@ fn parse_guide(source: &str, contents: &str, markdown: bool) -> Parsed {
             }
             None => {
                 if let Some((_, body)) = sections.last_mut() {
-                    body.push_str(line);
+                    // A line of spaces is a blank line: a paragraph boundary for `split`.
+                    if !line.trim().is_empty() {
+                        body.push_str(line);
+                    }
                     body.push('\n');
                 }
             }
@@ -507,7 +510,110 @@ mod tests {
             Format::from_path(Path::new("x.jsonl")),
             Some(Format::JsonLines)
         );
+        assert_eq!(
+            Format::from_path(Path::new("notes.markdown")),
+            Some(Format::Markdown)
+        );
+        assert_eq!(Format::from_path(Path::new("a.TXT")), Some(Format::Text));
+        assert_eq!(
+            Format::from_path(Path::new("X.JSONL")),
+            Some(Format::JsonLines)
+        );
         assert_eq!(Format::from_path(Path::new("logo.png")), None);
         assert_eq!(Format::from_path(Path::new("README")), None);
+    }
+
+    fn titles(parsed: &Parsed) -> Vec<String> {
+        parsed
+            .records
+            .iter()
+            .map(|record| record.title.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn heading_paths_go_back_up_and_a_guide_without_a_title_uses_its_name() {
+        let parsed = guide(
+            "# Cards\n\n## Lost or stolen card\n\nFreeze it.\n\n### Abroad\n\nCall us.\n\n## Limits\n\n500 EUR.\n\n# Other\n\nMore.\n",
+        );
+        assert_eq!(
+            titles(&parsed),
+            [
+                "Cards > Lost or stolen card",
+                "Cards > Lost or stolen card > Abroad",
+                "Cards > Limits",
+                "Cards > Other",
+            ]
+        );
+        assert_eq!(parsed.records[2].text, "500 EUR.");
+
+        let untitled = parse(
+            Format::Markdown,
+            "guides/card-fees.md",
+            "Intro.\n\n## Fees\n\nLow.\n",
+        )
+        .expect("parsed");
+        assert_eq!(titles(&untitled), ["card fees", "card fees > Fees"]);
+        assert!(
+            untitled
+                .records
+                .iter()
+                .all(|record| record.category.as_deref() == Some("card fees"))
+        );
+    }
+
+    #[test]
+    fn text_files_group_paragraphs_up_to_the_limit_and_have_no_headings() {
+        let paragraph = "Branches open at nine and close at five on weekdays. ".repeat(10);
+        // The second separator is a line of spaces: still a paragraph boundary.
+        let contents = format!("# not a heading\n\n{paragraph}\n   \n{paragraph}\n\n{paragraph}\n");
+        let parsed = parse(Format::Text, "hours.txt", &contents).expect("parsed");
+        assert_eq!(parsed.records.len(), 2);
+        assert!(parsed.records[0].text.starts_with("# not a heading"));
+        for (n, record) in parsed.records.iter().enumerate() {
+            assert!(record.text.chars().count() <= MAX_CHUNK_CHARS);
+            assert_eq!(record.id, format!("hours.txt#{}", n + 1));
+            assert_eq!(record.title.as_deref(), Some("hours"));
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_stripped_everywhere() {
+        let parsed = guide("# T\0itle\n\nBo\0dy.\n");
+        assert_eq!(parsed.records[0].title.as_deref(), Some("Title"));
+        assert_eq!(parsed.records[0].text, "Body.");
+        let lines = parse(
+            Format::JsonLines,
+            "n.jsonl",
+            "{\"text\": \"a\\u0000b\", \"category\": \"c\\u0000\"}\n",
+        )
+        .expect("parsed");
+        assert_eq!(lines.records[0].text, "ab");
+        assert_eq!(lines.records[0].category.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn fixing_a_bad_json_line_keeps_the_other_ids() {
+        let before = parse(
+            Format::JsonLines,
+            "j.jsonl",
+            "{\"text\": \"a\"}\n{oops\n\n{\"text\": \"c\"}\n",
+        )
+        .expect("parsed");
+        let after = parse(
+            Format::JsonLines,
+            "j.jsonl",
+            "{\"text\": \"a\"}\n{\"text\": \"b\"}\n\n{\"text\": \"c\"}\n",
+        )
+        .expect("parsed");
+        assert_eq!(
+            before.bad_rows,
+            [BadRow {
+                line: 2,
+                reason: before.bad_rows[0].reason.clone()
+            }]
+        );
+        assert_eq!(before.records[1].id, "j.jsonl#4");
+        assert_eq!(before.records[1].id, after.records[2].id);
     }
 }
