@@ -104,6 +104,11 @@ async fn run(command: KbCommand, mut config: Config) -> Result<ExitCode, String>
             if let Some(min_score) = min_score {
                 retrieval.min_score = min_score;
             }
+            if let (Retriever::Local { top_k: local, .. }, Some(wanted)) =
+                (&mut retrieval.retriever, top_k)
+            {
+                *local = wanted;
+            }
             let mut hits = retrieval.search(&query).await;
             hits.truncate(top_k.unwrap_or(usize::MAX));
             if json {

@@ -132,13 +132,16 @@ pub enum RetrievalBackend {
 }
 
 /// Retrieval settings shared by the backends.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RetrievalConfig {
     pub backend: RetrievalBackend,
     /// Hits taken from the local backend (Pinecone's count is `PINECONE_TOP_K`).
     pub top_k: usize,
     /// Hits scoring below this are dropped (scores are higher-is-better).
     pub min_score: f64,
+    /// The local search's synonym list (`RETRIEVAL_SYNONYMS`: unset = the
+    /// built-in list, `none` = none, else a file of the same format).
+    pub synonyms: Option<String>,
 }
 
 /// `RETRIEVAL_MIN_SCORE` when unset. Local scores are the covered share of
@@ -281,6 +284,14 @@ impl Config {
             backend,
             top_k: env.parse_in("RETRIEVAL_TOP_K", 5, 1..=100)?,
             min_score: env.parse_in("RETRIEVAL_MIN_SCORE", default_min_score, 0.0..=1000.0)?,
+            synonyms: match env.optional("RETRIEVAL_SYNONYMS").as_deref() {
+                None => Some(crate::services::knowledge::synonyms::BUILT_IN.to_string()),
+                Some("none") => None,
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|err| ConfigError {
+                    variable: "RETRIEVAL_SYNONYMS",
+                    reason: format!("cannot read {path}: {err}"),
+                })?),
+            },
         };
         let base_url = env.string("OPENAI_BASE_URL", "https://api.openai.com/v1");
         url::Url::parse(&base_url).map_err(|err| ConfigError {

@@ -17,7 +17,10 @@ use crate::http::{self, AppServices, AppState};
 use crate::services::adoption::{self, AdoptionError, Mode, Outcome};
 use crate::services::auth::AuthService;
 use crate::services::chat::{ChatService, ChatSettings};
-use crate::services::knowledge::retrieve::{Retrieval, Retriever};
+use crate::services::knowledge::{
+    self,
+    retrieve::{Retrieval, Retriever},
+};
 use crate::storage::{Database, PoolSettings, legacy};
 
 /// Why the server could not start; one line each.
@@ -73,6 +76,17 @@ pub async fn open_database(config: &Config) -> Result<Database, StartupError> {
         ),
         Outcome::NoLegacyTables => {}
         outcome => tracing::info!("{outcome}"),
+    }
+    let started = std::time::Instant::now();
+    let reanalyzed = knowledge::ingest::reanalyze(&db).await.map_err(|err| {
+        StartupError::Init(format!("cannot re-analyse the knowledge base: {err}"))
+    })?;
+    if reanalyzed > 0 {
+        tracing::info!(
+            records = reanalyzed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "re-analysed the knowledge base for this version's search"
+        );
     }
     Ok(db)
 }

@@ -8,7 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use eloquent::config::DatabaseTarget;
-use eloquent::services::knowledge::retrieve::search_local;
+use eloquent::services::knowledge::local::LocalSearch;
+use eloquent::services::knowledge::synonyms::BUILT_IN;
 use eloquent::storage::{Database, PoolSettings};
 use hdrhistogram::Histogram;
 
@@ -226,13 +227,15 @@ pub async fn run(binary: &Path, dir: &Path, records: usize) -> Result<KnowledgeR
     let db = Database::connect(&target, PoolSettings::small(Duration::from_secs(10)))
         .await
         .map_err(|err| format!("open: {err}"))?;
+    let search = LocalSearch::new(db.clone(), Some(BUILT_IN));
     let mut searches =
         Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).map_err(|err| err.to_string())?;
     // One warm-up pass (page cache), then three timed passes.
     for pass in 0..4 {
         for query in &queries {
             let started = Instant::now();
-            search_local(&db, query, 5)
+            search
+                .search(query, 5)
                 .await
                 .map_err(|err| format!("search: {err}"))?;
             if pass > 0 {
@@ -263,43 +266,58 @@ async fn evaluate(binary: &Path, dir: &Path) -> Result<Quality, String> {
     let db_path = dir.join("kb-eval.db");
     let url = format!("sqlite:///{}", db_path.display());
     run_ingest(binary, dir, &url, &root.join("kb/sample")).await?;
-    let questions = std::fs::read_to_string(root.join("kb/eval/questions.jsonl"))
-        .map_err(|err| format!("kb/eval/questions.jsonl: {err}"))?;
     let db = Database::connect(
         &DatabaseTarget::SqliteFile(db_path),
         PoolSettings::small(Duration::from_secs(10)),
     )
     .await
     .map_err(|err| format!("open: {err}"))?;
+    let search = LocalSearch::new(db.clone(), Some(BUILT_IN));
     let mut quality: Quality = Vec::new();
-    for line in questions.lines().filter(|line| !line.trim().is_empty()) {
-        let entry: serde_json::Value =
-            serde_json::from_str(line).map_err(|err| format!("eval line {line:?}: {err}"))?;
-        let question = entry["question"].as_str().unwrap_or_default();
-        let kind = entry["kind"].as_str().unwrap_or("unknown").to_string();
-        let hits: Vec<_> = search_local(&db, question, 3)
-            .await
-            .map_err(|err| format!("search: {err}"))?
-            .into_iter()
-            .filter(|hit| hit.score >= eloquent::config::DEFAULT_LOCAL_MIN_SCORE)
-            .collect();
-        let right = match entry["expect"].as_str() {
-            None => hits.is_empty(),
-            Some(expected) => match expected.strip_prefix("guide:") {
-                Some(section) => hits.iter().any(|hit| {
-                    hit.title
-                        .as_deref()
-                        .is_some_and(|title| title.ends_with(&format!("> {section}")))
-                }),
-                None => hits.iter().any(|hit| hit.id == expected),
-            },
-        };
-        match quality.iter_mut().find(|(name, _, _)| *name == kind) {
-            Some((_, total, good)) => {
-                *total += 1;
-                *good += usize::from(right);
+    for (set, file) in [
+        ("development", "questions.jsonl"),
+        ("held-out", "heldout.jsonl"),
+    ] {
+        let questions = std::fs::read_to_string(root.join("kb/eval").join(file))
+            .map_err(|err| format!("kb/eval/{file}: {err}"))?;
+        for line in questions.lines().filter(|line| !line.trim().is_empty()) {
+            let entry: serde_json::Value =
+                serde_json::from_str(line).map_err(|err| format!("eval line {line:?}: {err}"))?;
+            let question = entry["question"].as_str().unwrap_or_default();
+            let kind = format!("{set}: {}", entry["kind"].as_str().unwrap_or("unknown"));
+            let hits: Vec<_> = search
+                .search(question, 3)
+                .await
+                .map_err(|err| format!("search: {err}"))?
+                .into_iter()
+                .filter(|hit| hit.score >= eloquent::config::DEFAULT_LOCAL_MIN_SCORE)
+                .collect();
+            let right = match entry["expect"].as_str() {
+                None => hits.is_empty(),
+                Some(expected) => match expected.strip_prefix("guide:") {
+                    Some(section) => hits.iter().any(|hit| {
+                        hit.title
+                            .as_deref()
+                            .is_some_and(|title| title.ends_with(&format!("> {section}")))
+                    }),
+                    None => hits.iter().any(|hit| hit.id == expected),
+                },
+            };
+            match quality.iter_mut().find(|(name, _, _)| *name == kind) {
+                Some((_, total, good)) => {
+                    *total += 1;
+                    *good += usize::from(right);
+                }
+                None => quality.push((kind, 1, usize::from(right))),
             }
-            None => quality.push((kind, 1, usize::from(right))),
+            if !right && std::env::var_os("BENCH_KB_MISSES").is_some() {
+                let all = search.search(question, 3).await.unwrap_or_default();
+                let found: Vec<String> = all
+                    .iter()
+                    .map(|hit| format!("{} {:.2}", hit.id, hit.score))
+                    .collect();
+                eprintln!("miss ({set}) {question:?} -> {found:?}");
+            }
         }
     }
     db.close().await;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 
 use crate::clients::retrieval::{RetrievalClient, UpsertRecord};
+use crate::services::knowledge::analyze::{ANALYZER_VERSION, Analyzer};
 use crate::services::knowledge::parse::{self, BadRow, Format, Record};
 use crate::storage::{Database, knowledge};
 
@@ -177,15 +178,22 @@ async fn write_local(
     replace: bool,
 ) -> Result<u64, IngestError> {
     let started = Utc::now();
+    let analyzer = Analyzer::default();
     let rows = records
         .into_iter()
-        .map(|record| knowledge::NewRecord {
-            id: record.id,
-            source: source.to_string(),
-            title: record.title,
-            category: record.category,
-            url: record.url,
-            text: record.text,
+        .map(|record| {
+            let (title_terms, text_terms) =
+                analyzer.record_terms(record.title.as_deref(), &record.text);
+            knowledge::NewRecord {
+                id: record.id,
+                source: source.to_string(),
+                title: record.title,
+                category: record.category,
+                url: record.url,
+                text: record.text,
+                title_terms,
+                text_terms,
+            }
         })
         .collect();
     knowledge::upsert(db, rows, started).await?;
@@ -194,6 +202,38 @@ async fn write_local(
     } else {
         0
     })
+}
+
+/// Records re-analysed per transaction by [`reanalyze`].
+const REANALYZE_BATCH: i64 = 500;
+
+/// Makes every record's terms those of the current analysis when they were
+/// made with another (a new migration, a changed analyser); returns how
+/// many records were re-analysed (0 when none needed it).
+pub async fn reanalyze(db: &Database) -> Result<u64, sqlx::Error> {
+    if knowledge::analyzer_version(db).await? == ANALYZER_VERSION {
+        return Ok(0);
+    }
+    let analyzer = Analyzer::default();
+    let (mut after, mut done) = (0, 0);
+    loop {
+        let texts = knowledge::texts_after(db, after, REANALYZE_BATCH).await?;
+        let Some((last, _, _)) = texts.last() else {
+            break;
+        };
+        after = *last;
+        done += texts.len() as u64;
+        let terms = texts
+            .into_iter()
+            .map(|(seq, title, text)| {
+                let (title_terms, text_terms) = analyzer.record_terms(title.as_deref(), &text);
+                (seq, title_terms, text_terms)
+            })
+            .collect();
+        knowledge::set_terms(db, terms).await?;
+    }
+    knowledge::set_analyzer_version(db, ANALYZER_VERSION).await?;
+    Ok(done)
 }
 
 impl IngestReport {
