@@ -434,3 +434,183 @@ async fn the_shipped_sample_ingests_cleanly_and_finds_a_newcomers_first_question
         "{hits:?}"
     );
 }
+
+/// The score of `id` among the hits for `query` (0 when not among them).
+async fn score_of(dir: &Path, url: &str, env: &[(&str, &str)], query: &str, id: &str) -> f64 {
+    let (ok, stdout, stderr) = kb_with(
+        dir,
+        url,
+        env,
+        &["search", query, "--json", "--min-score", "0"],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let answer: Value = serde_json::from_str(stdout.trim()).expect("only JSON on stdout");
+    answer["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .find(|hit| hit["id"] == id)
+        .and_then(|hit| hit["score"].as_f64())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn synonyms_and_typos_find_records_worded_differently() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let url = test_database_url(&scratch.path().join("kb.db")).await;
+    write_kb(&scratch.path().join("kb"));
+    let (ok, _, stderr) = kb(scratch.path(), &url, &["ingest", "kb"]).await;
+    assert!(ok, "{stderr}");
+    let local = [("RETRIEVAL_BACKEND", "local")];
+
+    // "lock" is in the built-in group of "freeze"; "abraod" is one
+    // transposition from "abroad"; "PINN" one letter from "pin".
+    for (question, expected) in [
+        ("can I lock my card", "faq-cards-freeze"),
+        ("what does paying abraod cost", "faq-fees-abroad"),
+        ("I forgot my PINN", "faq-pin"),
+    ] {
+        let hits = search(scratch.path(), &url, question).await;
+        assert_eq!(
+            hits.first().map(|hit| hit["id"].clone()),
+            Some(json!(expected)),
+            "{question}: {hits:?}"
+        );
+    }
+
+    // Without synonyms "lock" is a word no record has: the freeze record
+    // covers less of the question.
+    let with = score_of(
+        scratch.path(),
+        &url,
+        &local,
+        "lock my card",
+        "faq-cards-freeze",
+    )
+    .await;
+    let without = score_of(
+        scratch.path(),
+        &url,
+        &[
+            ("RETRIEVAL_BACKEND", "local"),
+            ("RETRIEVAL_SYNONYMS", "none"),
+        ],
+        "lock my card",
+        "faq-cards-freeze",
+    )
+    .await;
+    assert!(with > without, "with {with}, without {without}");
+    assert!((with - 1.0).abs() < 1e-9, "{with}");
+
+    // An operator's own list replaces the built-in one.
+    let list = scratch.path().join("synonyms.txt");
+    std::fs::write(&list, "# ours\nglacier, freeze\n").expect("write");
+    let ours = [
+        ("RETRIEVAL_BACKEND", "local"),
+        ("RETRIEVAL_SYNONYMS", list.to_str().expect("utf-8 path")),
+    ];
+    let glacier = score_of(
+        scratch.path(),
+        &url,
+        &ours,
+        "glacier card",
+        "faq-cards-freeze",
+    )
+    .await;
+    assert!((glacier - 1.0).abs() < 1e-9, "{glacier}");
+    let lock = score_of(
+        scratch.path(),
+        &url,
+        &ours,
+        "lock my card",
+        "faq-cards-freeze",
+    )
+    .await;
+    assert!((lock - without).abs() < 1e-9, "{lock} vs {without}");
+
+    // A list that cannot be read stops the command, naming the variable.
+    let (ok, _, stderr) = kb_with(
+        scratch.path(),
+        &url,
+        &[
+            ("RETRIEVAL_BACKEND", "local"),
+            ("RETRIEVAL_SYNONYMS", "/nonexistent/synonyms.txt"),
+        ],
+        &["search", "card"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("RETRIEVAL_SYNONYMS"), "{stderr}");
+}
+
+#[tokio::test]
+async fn records_ingested_while_the_server_runs_are_found_on_the_next_turn() {
+    let mut app = spawn_app_with(&[("PINECONE_API_KEY", ""), ("PINECONE_HOST", "")]).await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        scratch.path().join("first.csv"),
+        "id,question,answer\nfaq-a,How do I freeze my card?,Tap Freeze.\n",
+    )
+    .expect("write");
+    let (ok, _, stderr) = kb(scratch.path(), &app.database_url, &["ingest", "first.csv"]).await;
+    assert!(ok, "{stderr}");
+
+    let question = "where do I find my IBAN";
+    let before = app.create(Value::Null, question, None).await;
+    assert_eq!(last_message(before.expect(200))["grounded"], false);
+
+    std::fs::write(scratch.path().join("more.jsonl"), JSONL).expect("write");
+    let (ok, _, stderr) = kb(scratch.path(), &app.database_url, &["ingest", "more.jsonl"]).await;
+    assert!(ok, "{stderr}");
+    let after = app.create(Value::Null, question, None).await;
+    let answer = last_message(after.expect(200));
+    assert_eq!(answer["grounded"], true, "{answer}");
+    assert_eq!(answer["sources"][0]["id"], "j-iban", "{answer}");
+}
+
+#[tokio::test]
+async fn records_analysed_by_an_older_version_are_analysed_again_at_start() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let url = test_database_url(&scratch.path().join("kb.db")).await;
+    write_kb(&scratch.path().join("kb"));
+    let (ok, _, stderr) = kb(scratch.path(), &url, &["ingest", "kb"]).await;
+    assert!(ok, "{stderr}");
+    // As a database migrated to 0006 with records from before it looks:
+    // no terms, analyser 0.
+    let script = "UPDATE kb_records SET title_terms = '', text_terms = ''; \
+                  UPDATE kb_state SET analyzer = 0";
+    let db = eloquent::storage::Database::connect(
+        &eloquent::config::DatabaseTarget::parse(&url).expect("url"),
+        eloquent::storage::PoolSettings::small(std::time::Duration::from_secs(10)),
+    )
+    .await
+    .expect("open");
+    match &db {
+        eloquent::storage::Database::Sqlite(pool) => {
+            sqlx::raw_sql(script).execute(pool).await.expect("reset");
+        }
+        eloquent::storage::Database::Postgres(pool) => {
+            sqlx::raw_sql(script).execute(pool).await.expect("reset");
+        }
+    }
+    db.close().await;
+
+    let (ok, stdout, stderr) = kb(
+        scratch.path(),
+        &url,
+        &["search", "freeze my card", "--json"],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("re-analysed the knowledge base"),
+        "{stderr}"
+    );
+    let answer: Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(answer["hits"][0]["id"], "faq-cards-freeze", "{answer}");
+    // Once only.
+    let (ok, _, stderr) = kb(scratch.path(), &url, &["search", "freeze my card"]).await;
+    assert!(ok);
+    assert!(!stderr.contains("re-analysed"), "{stderr}");
+}
