@@ -77,8 +77,12 @@ const TOPICS: &[&str] = &[
     "closing",
 ];
 
-/// Retrieval quality per kind of question: (kind, questions, answered right).
-pub type Quality = Vec<(String, usize, usize)>;
+/// Retrieval quality per kind of question: (kind, questions, answered right
+/// at each of [`THRESHOLDS`]).
+pub type Quality = Vec<(String, usize, Vec<usize>)>;
+
+/// The minimum scores the quality is measured at (the default among them).
+pub const THRESHOLDS: [f64; 6] = [0.2, 0.25, 0.3, 0.35, 0.4, 0.45];
 
 /// One measured section-8 run.
 pub struct KnowledgeRun {
@@ -285,30 +289,41 @@ async fn evaluate(binary: &Path, dir: &Path) -> Result<Quality, String> {
                 serde_json::from_str(line).map_err(|err| format!("eval line {line:?}: {err}"))?;
             let question = entry["question"].as_str().unwrap_or_default();
             let kind = format!("{set}: {}", entry["kind"].as_str().unwrap_or("unknown"));
-            let hits: Vec<_> = search
+            let top = search
                 .search(question, 3)
                 .await
-                .map_err(|err| format!("search: {err}"))?
-                .into_iter()
-                .filter(|hit| hit.score >= eloquent::config::DEFAULT_LOCAL_MIN_SCORE)
+                .map_err(|err| format!("search: {err}"))?;
+            let rights: Vec<usize> = THRESHOLDS
+                .iter()
+                .map(|minimum| {
+                    let hits: Vec<_> = top.iter().filter(|hit| hit.score >= *minimum).collect();
+                    let right = match entry["expect"].as_str() {
+                        None => hits.is_empty(),
+                        Some(expected) => match expected.strip_prefix("guide:") {
+                            Some(section) => hits.iter().any(|hit| {
+                                hit.title
+                                    .as_deref()
+                                    .is_some_and(|title| title.ends_with(&format!("> {section}")))
+                            }),
+                            None => hits.iter().any(|hit| hit.id == expected),
+                        },
+                    };
+                    usize::from(right)
+                })
                 .collect();
-            let right = match entry["expect"].as_str() {
-                None => hits.is_empty(),
-                Some(expected) => match expected.strip_prefix("guide:") {
-                    Some(section) => hits.iter().any(|hit| {
-                        hit.title
-                            .as_deref()
-                            .is_some_and(|title| title.ends_with(&format!("> {section}")))
-                    }),
-                    None => hits.iter().any(|hit| hit.id == expected),
-                },
-            };
+            let at_default = THRESHOLDS
+                .iter()
+                .position(|minimum| *minimum == eloquent::config::DEFAULT_LOCAL_MIN_SCORE)
+                .unwrap_or(0);
+            let right = rights[at_default] == 1;
             match quality.iter_mut().find(|(name, _, _)| *name == kind) {
                 Some((_, total, good)) => {
                     *total += 1;
-                    *good += usize::from(right);
+                    for (sum, one) in good.iter_mut().zip(&rights) {
+                        *sum += one;
+                    }
                 }
-                None => quality.push((kind, 1, usize::from(right))),
+                None => quality.push((kind, 1, rights)),
             }
             if !right && std::env::var_os("BENCH_KB_MISSES").is_some() {
                 let all = search.search(question, 3).await.unwrap_or_default();

@@ -421,7 +421,10 @@ async fn run(options: Options) -> Result<(), String> {
             run.searches.value_at_quantile(0.99)
         );
         for (kind, total, right) in &run.quality {
-            println!("  quality, {kind}: {right}/{total}");
+            println!(
+                "  quality, {kind}: {right:?} of {total} at minimum scores {:?}",
+                knowledge::THRESHOLDS
+            );
         }
         results.knowledge = Some(run);
     }

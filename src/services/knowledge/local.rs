@@ -131,11 +131,23 @@ fn idf(documents: i64, containing: i64) -> f64 {
     (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
 }
 
-/// A word of the question: the terms that count as it being present, and
+/// How much of a word's weight a record earns by holding one of its
+/// synonyms instead of the word: most of it (a synonym is an operator's
+/// statement that the words mean the same), but a record in the question's
+/// own words ranks first.
+const SYNONYM_CREDIT: f64 = 0.8;
+
+/// ... and by holding the term a word not in the index was taken for a
+/// typo of: half, as the guess may be wrong ("speed" is one letter from
+/// "spend"), so an off-topic question does not look covered by guesses.
+const CORRECTION_CREDIT: f64 = 0.5;
+
+/// A word of the question: the terms that count as it being present (each
+/// with its document frequency and the share of the weight it earns), and
 /// its weight.
 #[derive(Debug, Clone, PartialEq)]
 struct Concept {
-    terms: Vec<knowledge::Term>,
+    terms: Vec<(String, i64, f64)>,
     weight: f64,
 }
 
@@ -181,31 +193,43 @@ impl LocalSearch {
         let concepts = self.concepts(text, &words, &snapshot);
         let groups: Vec<Vec<knowledge::Term>> = concepts
             .iter()
-            .map(|concept| concept.terms.clone())
+            .map(|concept| {
+                concept
+                    .terms
+                    .iter()
+                    .map(|(term, count, _)| (term.clone(), *count))
+                    .collect()
+            })
             .collect();
         let found = knowledge::candidates(&self.db, &groups, CANDIDATES.max(top_k)).await?;
         let total: f64 = concepts.iter().map(|concept| concept.weight).sum();
-        // Which concepts each term stands for, as bits (at most MAX_WORDS).
-        let mut stands_for: HashMap<&str, u64> = HashMap::new();
+        // Which concepts each term stands for, with the credit it earns.
+        let mut stands_for: HashMap<&str, Vec<(usize, f64)>> = HashMap::new();
         for (at, concept) in concepts.iter().enumerate() {
-            for (term, _) in &concept.terms {
-                *stands_for.entry(term.as_str()).or_default() |= 1 << at;
+            for (term, _, credit) in &concept.terms {
+                stands_for
+                    .entry(term.as_str())
+                    .or_default()
+                    .push((at, *credit));
             }
         }
         let mut scored: Vec<Passage> = found
             .into_iter()
             .map(|candidate| {
-                let present = candidate
+                let mut earned = vec![0.0f64; concepts.len()];
+                for term in candidate
                     .title_terms
                     .split(' ')
                     .chain(candidate.text_terms.split(' '))
-                    .filter_map(|term| stands_for.get(term))
-                    .fold(0u64, |bits, more| bits | more);
+                {
+                    for (at, credit) in stands_for.get(term).into_iter().flatten() {
+                        earned[*at] = earned[*at].max(*credit);
+                    }
+                }
                 let covered: f64 = concepts
                     .iter()
-                    .enumerate()
-                    .filter(|(at, _)| present & (1 << at) != 0)
-                    .map(|(_, concept)| concept.weight)
+                    .zip(&earned)
+                    .map(|(concept, credit)| concept.weight * credit)
                     .sum();
                 Passage {
                     id: candidate.id,
@@ -249,29 +273,31 @@ impl LocalSearch {
                 .flat_map(|(_, extra)| extra.iter().cloned())
                 .collect();
             let own = snapshot.frequency(&stem);
-            let mut terms: Vec<knowledge::Term> = Vec::new();
+            let mut terms: Vec<(String, i64, f64)> = Vec::new();
+            let mut credit = SYNONYM_CREDIT;
             if own > 0 {
-                terms.push((stem.clone(), own));
+                terms.push((stem.clone(), own, 1.0));
             } else if alternatives.is_empty()
-                && let Some(corrected) = snapshot.correct(&stem)
+                && let Some((corrected, count)) = snapshot.correct(&stem)
             {
                 alternatives.extend(
                     self.synonyms
-                        .expand(std::slice::from_ref(&corrected.0))
+                        .expand(std::slice::from_ref(&corrected))
                         .concat(),
                 );
-                terms.push(corrected);
+                terms.push((corrected, count, CORRECTION_CREDIT));
+                credit = CORRECTION_CREDIT * SYNONYM_CREDIT;
             }
             for alternative in alternatives {
                 let count = snapshot.frequency(&alternative);
-                if count > 0 && !terms.iter().any(|(term, _)| *term == alternative) {
-                    terms.push((alternative, count));
+                if count > 0 && !terms.iter().any(|(term, _, _)| *term == alternative) {
+                    terms.push((alternative, count, credit));
                 }
             }
             let weight = if own > 0 {
                 idf(snapshot.documents, own)
             } else {
-                let most = terms.iter().map(|(_, count)| *count).max().unwrap_or(0);
+                let most = terms.iter().map(|(_, count, _)| *count).max().unwrap_or(0);
                 idf(snapshot.documents, most)
             };
             concepts.push(Concept { terms, weight });
@@ -359,10 +385,13 @@ mod tests {
         let text = "my card was stolen in Lisbon";
         let concepts = search.concepts(text, &query_words(text), &known);
         assert_eq!(concepts.len(), 3);
-        assert_eq!(concepts[0].terms, [("card".to_string(), 40)]);
+        assert_eq!(concepts[0].terms, [("card".to_string(), 40, 1.0)]);
         assert_eq!(
             concepts[1].terms,
-            [("stolen".to_string(), 6), ("lost".to_string(), 3)]
+            [
+                ("stolen".to_string(), 6, 1.0),
+                ("lost".to_string(), 3, SYNONYM_CREDIT)
+            ]
         );
         assert!(concepts[2].terms.is_empty());
         assert!(concepts[2].weight > concepts[1].weight);
