@@ -546,7 +546,7 @@ async fn synonyms_and_typos_find_records_worded_differently() {
 
 #[tokio::test]
 async fn records_ingested_while_the_server_runs_are_found_on_the_next_turn() {
-    let mut app = spawn_app_with(&[("PINECONE_API_KEY", ""), ("PINECONE_HOST", "")]).await;
+    let app = spawn_app_with(&[("PINECONE_API_KEY", ""), ("PINECONE_HOST", "")]).await;
     let scratch = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         scratch.path().join("first.csv"),
