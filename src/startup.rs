@@ -130,10 +130,18 @@ impl Application {
             Retriever::None => {
                 tracing::warn!("RETRIEVAL_BACKEND=none: answers will use no retrieved context")
             }
-            Retriever::Local { .. } => tracing::info!(
-                min_score = retrieval.min_score,
-                "retrieval from the local knowledge base (fill it with `eloquent kb ingest PATH`)"
-            ),
+            Retriever::Local { ref search, .. } => {
+                tracing::info!(
+                    min_score = retrieval.min_score,
+                    "retrieval from the local knowledge base (fill it with `eloquent kb ingest PATH`)"
+                );
+                let search = search.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = search.warm().await {
+                        tracing::warn!(error = %err, "cannot read the knowledge base's vocabulary");
+                    }
+                });
+            }
             Retriever::Pinecone(_) => {}
         }
         if config.uses_default_jwt_secret() {

@@ -259,6 +259,37 @@ pub async fn vocabulary(db: &Database) -> Result<Vocabulary, sqlx::Error> {
     })
 }
 
+/// How many records hold each of `terms` (asked of the index one by one:
+/// for the few words a cached vocabulary does not know yet).
+pub async fn frequencies(db: &Database, terms: &[String]) -> Result<Vec<i64>, sqlx::Error> {
+    let mut counts = Vec::with_capacity(terms.len());
+    for term in terms {
+        if !is_plain(term) {
+            counts.push(0);
+            continue;
+        }
+        let count: Option<i64> = match db {
+            Database::Sqlite(pool) => {
+                let mut reader = readers::acquire(pool).await?;
+                let result = sqlx::query_scalar("SELECT doc FROM kb_vocab WHERE term = $1")
+                    .bind(term)
+                    .fetch_optional(&mut *reader)
+                    .await;
+                reader.keep_if_sound(&result);
+                result?
+            }
+            Database::Postgres(pool) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM kb_records WHERE tsv @@ $1::tsquery")
+                    .bind(format!("'{term}'"))
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        counts.push(count.unwrap_or(0));
+    }
+    Ok(counts)
+}
+
 /// The analysis `title_terms` and `text_terms` were made with.
 pub async fn analyzer_version(db: &Database) -> Result<i64, sqlx::Error> {
     on_reader!(db, conn => {

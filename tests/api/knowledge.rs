@@ -501,7 +501,8 @@ async fn synonyms_and_typos_find_records_worded_differently() {
     )
     .await;
     assert!(with > without, "with {with}, without {without}");
-    assert!((with - 1.0).abs() < 1e-9, "{with}");
+    // A synonym earns less than the word itself would.
+    assert!((0.8..1.0).contains(&with), "{with}");
 
     // An operator's own list replaces the built-in one.
     let list = scratch.path().join("synonyms.txt");
@@ -518,7 +519,7 @@ async fn synonyms_and_typos_find_records_worded_differently() {
         "faq-cards-freeze",
     )
     .await;
-    assert!((glacier - 1.0).abs() < 1e-9, "{glacier}");
+    assert!((glacier - with).abs() < 1e-9, "{glacier} vs {with}");
     let lock = score_of(
         scratch.path(),
         &url,

@@ -12,8 +12,11 @@
 //! once per knowledge-base version and kept in memory: looking document
 //! frequencies up in the index took about 2.5 ms of a 10 ms search at
 //! 50,000 records (bench section 8), and typo correction needs the terms.
+//! It costs about 2.5 MiB at 50,000 generated records (bench section 6 with
+//! `--kb-records 50000`: jemalloc's allocated bytes after the run).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::clients::retrieval::Passage;
@@ -126,8 +129,9 @@ impl Snapshot {
 }
 
 /// Inverse document frequency, always positive (Lucene's BM25 form).
+/// (A count from the index may exceed a vocabulary's older total.)
 fn idf(documents: i64, containing: i64) -> f64 {
-    let (n, df) = (documents as f64, containing as f64);
+    let (n, df) = (documents.max(containing) as f64, containing as f64);
     (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
 }
 
@@ -156,8 +160,11 @@ pub struct LocalSearch {
     db: Database,
     analyzer: Analyzer,
     synonyms: Synonyms,
-    snapshot: RwLock<Arc<Snapshot>>,
-    reload: tokio::sync::Mutex<()>,
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    /// Held while the first vocabulary is read.
+    first: tokio::sync::Mutex<()>,
+    /// Set while a newer vocabulary is read in the background.
+    reloading: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for LocalSearch {
@@ -178,8 +185,9 @@ impl LocalSearch {
             db,
             analyzer,
             synonyms,
-            snapshot: RwLock::new(Arc::new(Snapshot::default())),
-            reload: tokio::sync::Mutex::new(()),
+            snapshot: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
+            first: tokio::sync::Mutex::new(()),
+            reloading: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -189,8 +197,25 @@ impl LocalSearch {
         if words.is_empty() || top_k == 0 {
             return Ok(Vec::new());
         }
-        let snapshot = self.snapshot().await?;
-        let concepts = self.concepts(text, &words, &snapshot);
+        let (snapshot, current) = self.snapshot().await?;
+        let (all, expansions) = self.analyse(text);
+        // A vocabulary being read again does not know the words the latest
+        // records brought: the index is asked for those.
+        let mut late = HashMap::new();
+        if !current {
+            let mut unknown: Vec<String> = all
+                .iter()
+                .chain(expansions.iter().flatten())
+                .filter(|term| snapshot.frequency(term) == 0)
+                .cloned()
+                .collect();
+            unknown.sort();
+            unknown.dedup();
+            unknown.truncate(MAX_WORDS * 2);
+            let counts = knowledge::frequencies(&self.db, &unknown).await?;
+            late = unknown.into_iter().zip(counts).collect();
+        }
+        let concepts = self.concepts(&words, &all, &expansions, &snapshot, &late);
         let groups: Vec<Vec<knowledge::Term>> = concepts
             .iter()
             .map(|concept| {
@@ -252,12 +277,19 @@ impl LocalSearch {
     /// when the index does not hold it) and its weight (the IDF of the word,
     /// or of its most common stand-in; a word nothing stands for weighs as
     /// a term no record holds, so an off-topic question covers little).
-    fn concepts(&self, text: &str, words: &[String], snapshot: &Snapshot) -> Vec<Concept> {
-        let all: Vec<String> = Analyzer::words(text)
-            .take(MAX_WORDS * 8)
-            .map(|word| self.analyzer.stem(&word))
-            .collect();
-        let expansions = self.synonyms.expand(&all);
+    fn concepts(
+        &self,
+        words: &[String],
+        all: &[String],
+        expansions: &[Vec<String>],
+        snapshot: &Snapshot,
+        late: &HashMap<String, i64>,
+    ) -> Vec<Concept> {
+        let frequency = |term: &str| {
+            snapshot
+                .frequency(term)
+                .max(late.get(term).copied().unwrap_or(0))
+        };
         let mut seen: Vec<String> = Vec::new();
         let mut concepts = Vec::new();
         for word in words {
@@ -268,11 +300,11 @@ impl LocalSearch {
             seen.push(stem.clone());
             let mut alternatives: Vec<String> = all
                 .iter()
-                .zip(&expansions)
+                .zip(expansions)
                 .filter(|(term, _)| **term == stem)
                 .flat_map(|(_, extra)| extra.iter().cloned())
                 .collect();
-            let own = snapshot.frequency(&stem);
+            let own = frequency(&stem);
             let mut terms: Vec<(String, i64, f64)> = Vec::new();
             let mut credit = SYNONYM_CREDIT;
             if own > 0 {
@@ -289,7 +321,7 @@ impl LocalSearch {
                 credit = CORRECTION_CREDIT * SYNONYM_CREDIT;
             }
             for alternative in alternatives {
-                let count = snapshot.frequency(&alternative);
+                let count = frequency(&alternative);
                 if count > 0 && !terms.iter().any(|(term, _, _)| *term == alternative) {
                     terms.push((alternative, count, credit));
                 }
@@ -305,27 +337,75 @@ impl LocalSearch {
         concepts
     }
 
-    /// The vocabulary of the knowledge base's current version, read again
-    /// when it changed (one reader at a time; the others wait for it).
-    async fn snapshot(&self) -> Result<Arc<Snapshot>, sqlx::Error> {
+    /// A question's terms (all its words, stop words included, in order)
+    /// and their synonyms.
+    fn analyse(&self, text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+        let all: Vec<String> = Analyzer::words(text)
+            .take(MAX_WORDS * 8)
+            .map(|word| self.analyzer.stem(&word))
+            .collect();
+        let expansions = self.synonyms.expand(&all);
+        (all, expansions)
+    }
+
+    /// Reads the vocabulary now (the server does at start, so the first
+    /// question does not wait for it).
+    pub async fn warm(&self) -> Result<(), sqlx::Error> {
+        self.snapshot().await.map(|_| ())
+    }
+
+    /// The vocabulary, and whether it is the knowledge base's current
+    /// version. The first is read while the caller waits (about 250 ms at
+    /// 50,000 records); a newer version is read in the background while
+    /// questions are answered with the one held, or an ingestion into a
+    /// live server would make every turn wait for a read of the whole
+    /// index.
+    async fn snapshot(&self) -> Result<(Arc<Snapshot>, bool), sqlx::Error> {
         let version = knowledge::version(&self.db).await?;
-        if let Some(current) = self.current(version) {
-            return Ok(current);
+        let held = self.held();
+        if held.version == Some(version) {
+            return Ok((held, true));
         }
-        let _reading = self.reload.lock().await;
-        if let Some(current) = self.current(version) {
-            return Ok(current);
+        if held.version.is_some() {
+            if !self.reloading.swap(true, Ordering::AcqRel) {
+                let db = self.db.clone();
+                let slot = self.snapshot.clone();
+                let reloading = self.reloading.clone();
+                tokio::spawn(async move {
+                    match knowledge::vocabulary(&db).await {
+                        Ok(vocabulary) => {
+                            if let Ok(mut slot) = slot.write() {
+                                *slot = Arc::new(Snapshot::new(vocabulary));
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot read the knowledge base's vocabulary")
+                        }
+                    }
+                    reloading.store(false, Ordering::Release);
+                });
+            }
+            return Ok((held, false));
+        }
+        let _reading = self.first.lock().await;
+        let held = self.held();
+        if held.version.is_some() {
+            let current = held.version == Some(version);
+            return Ok((held, current));
         }
         let fresh = Arc::new(Snapshot::new(knowledge::vocabulary(&self.db).await?));
         if let Ok(mut slot) = self.snapshot.write() {
             *slot = fresh.clone();
         }
-        Ok(fresh)
+        let current = fresh.version == Some(version);
+        Ok((fresh, current))
     }
 
-    fn current(&self, version: i64) -> Option<Arc<Snapshot>> {
-        let slot = self.snapshot.read().ok()?;
-        (slot.version == Some(version)).then(|| slot.clone())
+    fn held(&self) -> Arc<Snapshot> {
+        match self.snapshot.read() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 }
 
@@ -383,7 +463,14 @@ mod tests {
         );
         let known = snapshot(&[("card", 40), ("lost", 3), ("stolen", 6)]);
         let text = "my card was stolen in Lisbon";
-        let concepts = search.concepts(text, &query_words(text), &known);
+        let (all, expansions) = search.analyse(text);
+        let concepts = search.concepts(
+            &query_words(text),
+            &all,
+            &expansions,
+            &known,
+            &HashMap::new(),
+        );
         assert_eq!(concepts.len(), 3);
         assert_eq!(concepts[0].terms, [("card".to_string(), 40, 1.0)]);
         assert_eq!(
