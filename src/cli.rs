@@ -181,6 +181,7 @@ fn local_only(config: &Config, command: &str) -> Result<(), String> {
 
 async fn ingest_paths(destination: Destination<'_>, paths: &[PathBuf]) -> Result<ExitCode, String> {
     let files = ingest::collect_files(paths).map_err(|err| err.to_string())?;
+    let listed = files.clone();
     let terminal = std::io::stderr().is_terminal();
     // indicatif draws only on a terminal; elsewhere each file gets a plain line.
     let bar = indicatif::ProgressBar::new(files.len() as u64);
@@ -233,6 +234,15 @@ async fn ingest_paths(destination: Destination<'_>, paths: &[PathBuf]) -> Result
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Destination::Local { db, replace: true } = destination {
+        let gone = ingest::remove_missing(db, paths, &listed)
+            .await
+            .map_err(|err| format!("cannot write to the knowledge base: {err}"))?;
+        for (source, removed) in gone {
+            eprintln!("{source}: no longer there, {removed} records removed");
+            report.removed += removed;
+        }
+    }
     eprintln!("ingested {report}");
     Ok(if report.records == 0 {
         ExitCode::FAILURE

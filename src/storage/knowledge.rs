@@ -202,6 +202,15 @@ pub async fn remove_source(db: &Database, source: &str) -> Result<u64, sqlx::Err
     })
 }
 
+/// Every source the knowledge base holds records of.
+pub async fn sources(db: &Database) -> Result<Vec<String>, sqlx::Error> {
+    on_reader!(db, conn => {
+        sqlx::query_scalar("SELECT DISTINCT source FROM kb_records ORDER BY source")
+            .fetch_all(conn)
+            .await
+    })
+}
+
 pub async fn stats(db: &Database) -> Result<Stats, sqlx::Error> {
     let (records, sources): (i64, i64) = on_reader!(db, conn => {
         sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT source) FROM kb_records")

@@ -615,3 +615,41 @@ async fn records_analysed_by_an_older_version_are_analysed_again_at_start() {
     assert!(ok);
     assert!(!stderr.contains("re-analysed"), "{stderr}");
 }
+
+#[tokio::test]
+async fn ingest_replace_drops_the_records_of_files_deleted_from_the_folder() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let url = test_database_url(&scratch.path().join("kb.db")).await;
+    write_kb(&scratch.path().join("kb"));
+    std::fs::create_dir_all(scratch.path().join("other")).expect("mkdir");
+    std::fs::write(scratch.path().join("other/more.jsonl"), JSONL).expect("write");
+    for args in [["ingest", "kb"], ["ingest", "other"]] {
+        let (ok, _, stderr) = kb(scratch.path(), &url, &args).await;
+        assert!(ok, "{stderr}");
+    }
+    let before = stats(scratch.path(), &url).await["records"]
+        .as_i64()
+        .expect("records");
+
+    std::fs::remove_file(scratch.path().join("kb/extra.jsonl")).expect("rm");
+    // Without --replace a deleted file's records stay.
+    let (ok, _, stderr) = kb(scratch.path(), &url, &["ingest", "kb"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stats(scratch.path(), &url).await["records"], before);
+
+    // With it they go; the other folder's are not touched (j-iban, an
+    // explicit id, now belongs to other/more.jsonl, which wrote it last).
+    let (ok, _, stderr) = kb(scratch.path(), &url, &["ingest", "--replace", "kb"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("kb/extra.jsonl: no longer there, 1 records removed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("; 1 records removed;"), "{stderr}");
+    assert_eq!(stats(scratch.path(), &url).await["records"], before - 1);
+    let hits = search(scratch.path(), &url, "where do I find my IBAN").await;
+    assert!(
+        hits.iter().any(|hit| hit["id"] == "j-iban"),
+        "other/more.jsonl keeps its records: {hits:?}"
+    );
+}

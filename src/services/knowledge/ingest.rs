@@ -204,6 +204,46 @@ async fn write_local(
     })
 }
 
+/// With `--replace`, the sources under the folders of `paths` that are no
+/// longer among `files` (deleted, renamed, or no longer a knowledge-base
+/// type) lose their records; returns (source, records removed) for each.
+/// A file that is still there but failed to read keeps its records.
+pub async fn remove_missing(
+    db: &Database,
+    paths: &[PathBuf],
+    files: &[(PathBuf, Option<Format>)],
+) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let present: Vec<String> = files
+        .iter()
+        .filter(|(_, format)| format.is_some())
+        .map(|(path, _)| source_name(path))
+        .collect();
+    let folders: Vec<String> = paths
+        .iter()
+        .filter(|path| path.is_dir())
+        .map(|path| source_name(path))
+        .collect();
+    let under = |source: &str| {
+        folders.iter().any(|folder| {
+            if folder.is_empty() || folder == "." {
+                !source.starts_with('/') && !source.starts_with("../")
+            } else {
+                source
+                    .strip_prefix(folder.trim_end_matches('/'))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            }
+        })
+    };
+    let mut removed = Vec::new();
+    for source in knowledge::sources(db).await? {
+        if under(&source) && !present.contains(&source) {
+            let count = knowledge::remove_source(db, &source).await?;
+            removed.push((source, count));
+        }
+    }
+    Ok(removed)
+}
+
 /// Records re-analysed per transaction by [`reanalyze`].
 const REANALYZE_BATCH: i64 = 500;
 
