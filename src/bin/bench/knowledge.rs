@@ -12,6 +12,7 @@ use eloquent::services::knowledge::local::LocalSearch;
 use eloquent::services::knowledge::synonyms::BUILT_IN;
 use eloquent::storage::{Database, PoolSettings};
 use hdrhistogram::Histogram;
+use sqlx::Connection as _;
 
 /// Topic words records are built from (a support site's vocabulary), plus a
 /// long tail of rarer generated words, as real documentation has.
@@ -84,21 +85,27 @@ pub type Quality = Vec<(String, usize, Vec<usize>)>;
 /// The minimum scores the quality is measured at (the default among them).
 pub const THRESHOLDS: [f64; 6] = [0.2, 0.25, 0.3, 0.35, 0.4, 0.45];
 
-/// One measured section-8 run.
-pub struct KnowledgeRun {
-    pub quality: Quality,
-    pub records: usize,
+/// One backend's ingestion and search timings.
+pub struct BackendRun {
+    pub backend: &'static str,
     pub ingest: Duration,
     pub ingest_peak_rss_kib: u64,
     pub database_bytes: u64,
     pub searches: Histogram<u64>,
-    pub queries: usize,
 }
 
-impl KnowledgeRun {
-    pub fn records_per_second(&self) -> f64 {
-        self.records as f64 / self.ingest.as_secs_f64().max(1e-9)
+impl BackendRun {
+    pub fn records_per_second(&self, records: usize) -> f64 {
+        records as f64 / self.ingest.as_secs_f64().max(1e-9)
     }
+}
+
+/// One measured section-8 run: SQLite, and PostgreSQL with `--postgres`.
+pub struct KnowledgeRun {
+    pub quality: Quality,
+    pub records: usize,
+    pub queries: usize,
+    pub backends: Vec<BackendRun>,
 }
 
 /// xorshift64*: reproducible record text without a dependency.
@@ -215,28 +222,81 @@ async fn run_ingest(
     Ok((elapsed, peak))
 }
 
-/// Ingests `records` generated records into a fresh SQLite file and times
-/// the retrieval stage on it.
-pub async fn run(binary: &Path, dir: &Path, records: usize) -> Result<KnowledgeRun, String> {
+/// Ingests `records` generated records into a fresh SQLite file (and a
+/// fresh database on the PostgreSQL server at `postgres`) and times the
+/// retrieval stage on it.
+pub async fn run(
+    binary: &Path,
+    dir: &Path,
+    records: usize,
+    postgres: Option<&str>,
+) -> Result<KnowledgeRun, String> {
     let file = dir.join("kb-bench.jsonl");
     let db_path = dir.join("kb-bench.db");
     let queries = generate(&file, records)?;
     let url = format!("sqlite:///{}", db_path.display());
-    let (ingest, ingest_peak_rss_kib) = run_ingest(binary, dir, &url, &file).await?;
-    let database_bytes = std::fs::metadata(&db_path)
-        .map(|meta| meta.len())
-        .unwrap_or(0);
+    let mut backends = vec![time_backend(binary, dir, "SQLite", &url, &file, &queries).await?];
+    if let Some(server) = postgres {
+        let name = format!("eloquent_bench_kb_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(server)
+            .await
+            .map_err(|err| format!("connect {server}: {err}"))?;
+        let create = format!("CREATE DATABASE {name}");
+        sqlx::raw_sql(&create)
+            .execute(&mut admin)
+            .await
+            .map_err(|err| format!("{create}: {err}"))?;
+        let mut url = url::Url::parse(server).map_err(|err| format!("--postgres: {err}"))?;
+        url.set_path(&name);
+        let result = time_backend(binary, dir, "PostgreSQL", url.as_str(), &file, &queries).await;
+        let drop = format!("DROP DATABASE IF EXISTS {name}");
+        if let Err(err) = sqlx::raw_sql(&drop).execute(&mut admin).await {
+            eprintln!("warning: {drop}: {err}");
+        }
+        backends.push(result?);
+    }
+    let quality = evaluate(binary, dir).await?;
+    Ok(KnowledgeRun {
+        quality,
+        records,
+        queries: queries.len(),
+        backends,
+    })
+}
 
-    let target = DatabaseTarget::SqliteFile(db_path);
+/// `eloquent kb ingest` of `file` into `url`, then the searches timed.
+async fn time_backend(
+    binary: &Path,
+    dir: &Path,
+    backend: &'static str,
+    url: &str,
+    file: &Path,
+    queries: &[String],
+) -> Result<BackendRun, String> {
+    let (ingest, ingest_peak_rss_kib) = run_ingest(binary, dir, url, file).await?;
+    let target = DatabaseTarget::parse(url).map_err(|err| format!("{url}: {err}"))?;
     let db = Database::connect(&target, PoolSettings::small(Duration::from_secs(10)))
         .await
         .map_err(|err| format!("open: {err}"))?;
+    let database_bytes = match (&db, &target) {
+        (Database::Postgres(pool), _) => {
+            sqlx::query_scalar::<_, i64>("SELECT pg_database_size(current_database())")
+                .fetch_one(pool)
+                .await
+                .map(|bytes| bytes as u64)
+                .unwrap_or(0)
+        }
+        (_, DatabaseTarget::SqliteFile(path)) => {
+            std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0)
+        }
+        _ => 0,
+    };
     let search = LocalSearch::new(db.clone(), Some(BUILT_IN));
     let mut searches =
         Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).map_err(|err| err.to_string())?;
-    // One warm-up pass (page cache), then three timed passes.
+    // One warm-up pass (page cache, the vocabulary), then three timed passes.
     for pass in 0..4 {
-        for query in &queries {
+        for query in queries {
             let started = Instant::now();
             search
                 .search(query, 5)
@@ -248,14 +308,11 @@ pub async fn run(binary: &Path, dir: &Path, records: usize) -> Result<KnowledgeR
         }
     }
     db.close().await;
-    let quality = evaluate(binary, dir).await?;
-    Ok(KnowledgeRun {
-        quality,
-        records,
+    Ok(BackendRun {
+        backend,
         ingest,
         ingest_peak_rss_kib,
         database_bytes,
-        queries: queries.len(),
         searches,
     })
 }

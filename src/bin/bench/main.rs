@@ -410,16 +410,19 @@ async fn run(options: Options) -> Result<(), String> {
     if options.sections.contains(&8) {
         println!("section 8: local knowledge base");
         let records = if options.quick { 5_000 } else { 50_000 };
-        let run = knowledge::run(&binary, &dir, records).await?;
-        println!(
-            "  {} records ingested in {:?} ({:.0} records/s, peak RSS {} MiB); search p50 {} µs, p99 {} µs",
-            run.records,
-            run.ingest,
-            run.records_per_second(),
-            run.ingest_peak_rss_kib / 1024,
-            run.searches.value_at_quantile(0.5),
-            run.searches.value_at_quantile(0.99)
-        );
+        let run = knowledge::run(&binary, &dir, records, options.postgres.as_deref()).await?;
+        for backend in &run.backends {
+            println!(
+                "  {}: {} records ingested in {:?} ({:.0} records/s, peak RSS {} MiB); search p50 {} µs, p99 {} µs",
+                backend.backend,
+                run.records,
+                backend.ingest,
+                backend.records_per_second(run.records),
+                backend.ingest_peak_rss_kib / 1024,
+                backend.searches.value_at_quantile(0.5),
+                backend.searches.value_at_quantile(0.99)
+            );
+        }
         for (kind, total, right) in &run.quality {
             println!(
                 "  quality, {kind}: {right:?} of {total} at minimum scores {:?}",
