@@ -23,9 +23,14 @@ use super::{Database, on_reader, on_writer, readers};
 const UPSERT_BATCH: usize = 500;
 
 /// Most postings (records containing a term, summed over terms) a ranked
-/// query may touch. The engine ranks about one record per 2 µs (FTS5's
-/// BM25 at 50,000 records), so this bounds a ranked query near 2 ms.
+/// query may touch. FTS5 ranks about one record per 2 µs at 50,000
+/// records, so this bounds a ranked query near 2 ms on SQLite.
 const RARE_POSTINGS: i64 = 1_000;
+
+/// The same on PostgreSQL, which reads each matching record's tsvector to
+/// rank it: about 15 µs a record at 50,000 records (bench section 8 with
+/// `--postgres`; an OR of 1,000 postings took 7-17 ms).
+const RARE_POSTINGS_POSTGRES: i64 = 300;
 
 /// A query term and how many records hold it.
 pub type Term = (String, i64);
@@ -45,10 +50,10 @@ fn postings(group: &[Term]) -> i64 {
 /// (a single turn took 26 ms at 50,000 records, and 200 concurrent turns
 /// queued for seconds; bench section 2 with `--kb-records`), so the first
 /// records found are taken and the caller's score orders them.
-fn all_of(groups: &[Vec<Term>]) -> (Vec<Vec<Term>>, bool) {
+fn all_of(groups: &[Vec<Term>], budget: i64) -> (Vec<Vec<Term>>, bool) {
     let rare: Vec<Vec<Term>> = groups
         .iter()
-        .filter(|group| postings(group) <= RARE_POSTINGS)
+        .filter(|group| postings(group) <= budget)
         .cloned()
         .collect();
     if rare.is_empty() {
@@ -60,11 +65,10 @@ fn all_of(groups: &[Vec<Term>]) -> (Vec<Vec<Term>>, bool) {
 
 /// The terms worth an OR query: rarest first, while their postings fit the
 /// budget.
-fn rare_terms(groups: &[Vec<Term>]) -> Vec<String> {
+fn rare_terms(groups: &[Vec<Term>], mut budget: i64) -> Vec<String> {
     let mut terms: Vec<&Term> = groups.iter().flatten().collect();
     terms.sort_by_key(|(_, count)| *count);
     terms.dedup_by(|a, b| a.0 == b.0);
-    let mut budget = RARE_POSTINGS;
     let mut chosen = Vec::new();
     for (term, count) in terms {
         if *count > budget {
@@ -374,8 +378,12 @@ pub async fn candidates(
         return Ok(Vec::new());
     }
     let limit = limit as i64;
-    let (all, ranked) = all_of(&groups);
-    let rare = rare_terms(&groups);
+    let budget = match db {
+        Database::Sqlite(_) => RARE_POSTINGS,
+        Database::Postgres(_) => RARE_POSTINGS_POSTGRES,
+    };
+    let (all, ranked) = all_of(&groups, budget);
+    let rare = rare_terms(&groups, budget);
     // The OR of one term is the AND of its group.
     let same =
         matches!(all.as_slice(), [group] if group.len() == 1 && rare == [group[0].0.clone()]);
@@ -485,7 +493,7 @@ async fn candidates_postgres(
             continue;
         }
         let sql = if *ranked {
-            format!("{COLUMNS} ORDER BY ts_rank_cd(r.tsv, $1::tsquery) DESC LIMIT $2")
+            format!("{COLUMNS} ORDER BY ts_rank(r.tsv, $1::tsquery) DESC LIMIT $2")
         } else {
             format!("{COLUMNS} LIMIT $2")
         };
@@ -521,7 +529,7 @@ mod tests {
             Query::All(&groups).render(" | ", " & ", "'"),
             "('lost' | 'stolen') & ('card')"
         );
-        let rare = rare_terms(&groups);
+        let rare = rare_terms(&groups, RARE_POSTINGS);
         assert_eq!(rare, ["stolen", "lost", "card"]);
         assert_eq!(
             Query::Any(&rare).render(" | ", " & ", "'"),
@@ -535,10 +543,13 @@ mod tests {
             vec![term("card", 20_000)],
             vec![term("fee", 400), term("cost", 2_000)],
         ];
-        assert_eq!(all_of(&common), (common.clone(), false));
-        assert_eq!(rare_terms(&common), ["fee"]);
+        assert_eq!(all_of(&common, RARE_POSTINGS), (common.clone(), false));
+        assert_eq!(rare_terms(&common, RARE_POSTINGS), ["fee"]);
         let one_rare = vec![vec![term("card", 20_000)], vec![term("iban", 12)]];
-        assert_eq!(all_of(&one_rare), (vec![vec![term("iban", 12)]], true));
+        assert_eq!(
+            all_of(&one_rare, RARE_POSTINGS),
+            (vec![vec![term("iban", 12)]], true)
+        );
         assert!(is_plain("2fa") && !is_plain("a\"b") && !is_plain(""));
     }
 }
