@@ -8,11 +8,13 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::config::{Config, RetrievalBackend};
-use crate::services::knowledge::ingest::{self, Destination, FileOutcome, IngestReport};
+use crate::config::Config;
+use crate::services::knowledge::ingest::{
+    self, Destination, FileOutcome, Holdings, IngestReport, Removal,
+};
 use crate::services::knowledge::retrieve::{Retrieval, Retriever};
 use crate::startup;
-use crate::storage::knowledge;
+use crate::storage::Database;
 
 /// Knowledge-base commands.
 #[derive(Debug, Subcommand)]
@@ -78,16 +80,7 @@ async fn run(command: KbCommand, mut config: Config) -> Result<ExitCode, String>
     let code = match command {
         KbCommand::Ingest { paths, replace } => {
             let retrieval = Retrieval::new(&config, &db).map_err(|err| err.to_string())?;
-            let destination = match &retrieval.retriever {
-                Retriever::Pinecone(client) if !replace => Destination::Pinecone(client),
-                Retriever::Pinecone(_) => {
-                    return Err("kb ingest --replace works on the local knowledge base only (RETRIEVAL_BACKEND is pinecone)".into());
-                }
-                Retriever::Local { .. } => Destination::Local { db: &db, replace },
-                Retriever::None => {
-                    return Err("kb ingest: RETRIEVAL_BACKEND is none; run it with RETRIEVAL_BACKEND=local or pinecone".into());
-                }
-            };
+            let destination = destination(&retrieval, &db, replace, "kb ingest")?;
             eprintln!(
                 "ingesting into the {} knowledge base",
                 retrieval.backend_name()
@@ -138,26 +131,45 @@ async fn run(command: KbCommand, mut config: Config) -> Result<ExitCode, String>
             ExitCode::SUCCESS
         }
         KbCommand::Stats { json } => {
-            local_only(&config, "kb stats")?;
-            let stats = knowledge::stats(&db).await.map_err(|err| err.to_string())?;
-            if json {
-                println!(
+            let retrieval = Retrieval::new(&config, &db).map_err(|err| err.to_string())?;
+            let destination = destination(&retrieval, &db, false, "kb stats")?;
+            let holdings = ingest::stats(destination)
+                .await
+                .map_err(|err| err.to_string())?;
+            match (holdings, json) {
+                (Holdings::Local(stats), true) => println!(
                     "{}",
-                    json!({"records": stats.records, "sources": stats.sources})
-                );
-            } else {
-                println!("{} records from {} sources", stats.records, stats.sources);
+                    json!({"backend": "local", "records": stats.records, "sources": stats.sources})
+                ),
+                (Holdings::Local(stats), false) => {
+                    println!("{} records from {} sources", stats.records, stats.sources)
+                }
+                (Holdings::Pinecone { records }, true) => println!(
+                    "{}",
+                    json!({"backend": "pinecone", "records": records, "sources": null})
+                ),
+                (Holdings::Pinecone { records }, false) => {
+                    println!("{records} records in the Pinecone namespace")
+                }
             }
             ExitCode::SUCCESS
         }
         KbCommand::Remove { ids, source } => {
-            local_only(&config, "kb remove")?;
-            let removed = match source {
-                Some(source) => knowledge::remove_source(&db, &ingest::source_name(&source)).await,
-                None => knowledge::remove_ids(&db, ids).await,
+            let retrieval = Retrieval::new(&config, &db).map_err(|err| err.to_string())?;
+            let destination = destination(&retrieval, &db, false, "kb remove")?;
+            let removal = match source {
+                Some(source) => Removal::Source(ingest::source_name(&source)),
+                None => Removal::Ids(ids),
+            };
+            let removed = ingest::remove(destination, removal)
+                .await
+                .map_err(|err| err.to_string())?;
+            match destination {
+                Destination::Local { .. } => eprintln!("removed {removed} records"),
+                Destination::Pinecone(_) => {
+                    eprintln!("asked Pinecone to delete {removed} records")
+                }
             }
-            .map_err(|err| err.to_string())?;
-            eprintln!("removed {removed} records");
             ExitCode::SUCCESS
         }
     };
@@ -165,16 +177,22 @@ async fn run(command: KbCommand, mut config: Config) -> Result<ExitCode, String>
     Ok(code)
 }
 
-/// The commands that work on the local tables only (for now).
-fn local_only(config: &Config, command: &str) -> Result<(), String> {
-    match config.retrieval.backend {
-        RetrievalBackend::Local => Ok(()),
-        RetrievalBackend::Pinecone => Err(format!(
-            "{command} works on the local knowledge base only for now (RETRIEVAL_BACKEND is pinecone); \
-             run it with RETRIEVAL_BACKEND=local"
+/// Where a `kb` command works: the configured backend.
+fn destination<'a>(
+    retrieval: &'a Retrieval,
+    db: &'a Database,
+    replace: bool,
+    command: &str,
+) -> Result<Destination<'a>, String> {
+    match &retrieval.retriever {
+        Retriever::Pinecone(_) if replace => Err(format!(
+            "{command} --replace works on the local knowledge base only (RETRIEVAL_BACKEND is pinecone): \
+             Pinecone cannot list the records of a file that have their own ids"
         )),
-        RetrievalBackend::None => Err(format!(
-            "{command}: RETRIEVAL_BACKEND is none; run it with RETRIEVAL_BACKEND=local"
+        Retriever::Pinecone(client) => Ok(Destination::Pinecone(client)),
+        Retriever::Local { .. } => Ok(Destination::Local { db, replace }),
+        Retriever::None => Err(format!(
+            "{command}: RETRIEVAL_BACKEND is none; run it with RETRIEVAL_BACKEND=local or pinecone"
         )),
     }
 }

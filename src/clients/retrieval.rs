@@ -38,6 +38,9 @@ pub struct RetrievalClient {
     config: PineconeConfig,
 }
 
+/// Most ids per delete request (Pinecone's limit).
+pub const DELETE_BATCH: usize = 1000;
+
 /// Most records per upsert request (Pinecone's limit for integrated embedding).
 pub const UPSERT_BATCH: usize = 96;
 
@@ -189,27 +192,112 @@ impl RetrievalClient {
         let mut summary = UpsertSummary::default();
         for batch in records.chunks(UPSERT_BATCH) {
             let body = self.ndjson(batch)?;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                summary.requests += 1;
-                let wait = match self.send_upsert(body.clone()).await {
-                    Ok(()) => break,
-                    Err(Failure::Retry(after)) if attempt < UPSERT_ATTEMPTS => after,
-                    Err(Failure::Retry(_)) => {
-                        return Err(format!(
-                            "Pinecone upsert still failing after {UPSERT_ATTEMPTS} attempts"
-                        ));
-                    }
-                    Err(Failure::Fatal(reason)) => return Err(reason),
-                };
-                summary.retries += 1;
-                let backoff = self.config.retry_base * 2u32.saturating_pow(attempt - 1);
-                tokio::time::sleep(wait.unwrap_or(backoff).max(backoff)).await;
-            }
+            let (_, attempts) = self
+                .send("upsert", |client| {
+                    client
+                        .post(&self.upsert_url)
+                        .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+                        .body(body.clone())
+                })
+                .await?;
+            summary.requests += attempts;
+            summary.retries += attempts - 1;
             summary.records += batch.len();
         }
         Ok(summary)
+    }
+
+    /// How many records the namespace holds (`POST /describe_index_stats`).
+    pub async fn count(&self) -> Result<u64, String> {
+        let url = format!("{}/describe_index_stats", self.config.base_url);
+        let (response, _) = self
+            .send("describe_index_stats", |client| {
+                client.post(&url).json(&serde_json::json!({}))
+            })
+            .await?;
+        let stats: Value = response
+            .json()
+            .await
+            .map_err(|err| format!("Pinecone index stats: {}", err.without_url()))?;
+        Ok(stats["namespaces"][&self.config.namespace]["vectorCount"]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    /// Deletes records by id (`POST /vectors/delete`, at most
+    /// [`DELETE_BATCH`] a request; ids that do not exist are no error).
+    pub async fn delete(&self, ids: &[String]) -> Result<(), String> {
+        let url = format!("{}/vectors/delete", self.config.base_url);
+        for batch in ids.chunks(DELETE_BATCH) {
+            let body = serde_json::json!({"ids": batch, "namespace": self.config.namespace});
+            self.send("delete", |client| client.post(&url).json(&body))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The ids that start with `prefix` (`GET /vectors/list`, page by page;
+    /// serverless indexes only).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, String> {
+        let url = format!("{}/vectors/list", self.config.base_url);
+        let mut ids = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("namespace", self.config.namespace.clone()),
+                ("prefix", prefix.to_string()),
+                ("limit", "100".to_string()),
+            ];
+            if let Some(token) = &token {
+                query.push(("paginationToken", token.clone()));
+            }
+            let (response, _) = self
+                .send("list", |client| client.get(&url).query(&query))
+                .await?;
+            let page: Value = response
+                .json()
+                .await
+                .map_err(|err| format!("Pinecone list: {}", err.without_url()))?;
+            ids.extend(
+                page["vectors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|vector| vector["id"].as_str().map(str::to_string)),
+            );
+            match page["pagination"]["next"].as_str() {
+                Some(next) if !next.is_empty() => token = Some(next.to_string()),
+                _ => return Ok(ids),
+            }
+        }
+    }
+
+    /// Sends a request built by `build` (with the key and API version
+    /// added) until it succeeds: 429, 5xx and unanswered requests are
+    /// retried with exponential backoff (honouring `Retry-After`), up to
+    /// [`UPSERT_ATTEMPTS`] attempts; other answers fail. Returns the
+    /// response and the attempts made.
+    async fn send(
+        &self,
+        operation: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, usize), String> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let wait = match self.send_once(operation, &build).await {
+                Ok(response) => return Ok((response, attempt as usize)),
+                Err(Failure::Retry(after)) if attempt < UPSERT_ATTEMPTS => after,
+                Err(Failure::Retry(_)) => {
+                    return Err(format!(
+                        "Pinecone {operation} still failing after {UPSERT_ATTEMPTS} attempts"
+                    ));
+                }
+                Err(Failure::Fatal(reason)) => return Err(reason),
+            };
+            let backoff = self.config.retry_base * 2u32.saturating_pow(attempt - 1);
+            tokio::time::sleep(wait.unwrap_or(backoff).max(backoff)).await;
+        }
     }
 
     fn ndjson(&self, batch: &[UpsertRecord]) -> Result<String, String> {
@@ -240,27 +328,26 @@ impl RetrievalClient {
         Ok(body)
     }
 
-    async fn send_upsert(&self, body: String) -> Result<(), Failure> {
-        let slot = self
-            .connections
-            .acquire()
-            .await
-            .map_err(|err| Failure::Retry(None).or_log(&format!("no connection: {err}")))?;
-        let response = slot
-            .client()
-            .post(&self.upsert_url)
+    async fn send_once(
+        &self,
+        operation: &str,
+        build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Failure> {
+        let slot = self.connections.acquire().await.map_err(|err| {
+            Failure::Retry(None).or_log(operation, &format!("no connection: {err}"))
+        })?;
+        let response = build(slot.client())
             .header("Api-Key", self.config.api_key.expose())
             .header("X-Pinecone-API-Version", &self.config.api_version)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-            .body(body)
             .send()
             .await
             .map_err(|err| {
-                Failure::Retry(None).or_log(&format!("request failed: {}", err.without_url()))
+                Failure::Retry(None)
+                    .or_log(operation, &format!("request failed: {}", err.without_url()))
             })?;
         let status = response.status();
         if status.is_success() {
-            return Ok(());
+            return Ok(response);
         }
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             let after = response
@@ -269,7 +356,7 @@ impl RetrievalClient {
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.trim().parse::<u64>().ok())
                 .map(std::time::Duration::from_secs);
-            tracing::warn!(%status, "Pinecone upsert refused; retrying");
+            tracing::warn!(%status, operation, "Pinecone refused a request; retrying");
             return Err(Failure::Retry(after));
         }
         let detail: String = response
@@ -280,12 +367,12 @@ impl RetrievalClient {
             .take(300)
             .collect();
         Err(Failure::Fatal(format!(
-            "Pinecone answered HTTP {status} to an upsert: {detail}"
+            "Pinecone answered HTTP {status} to a {operation} request: {detail}"
         )))
     }
 }
 
-/// How an upsert request failed.
+/// How a request to the index failed.
 enum Failure {
     /// Worth another try, after the wait the server asked for, if any.
     Retry(Option<std::time::Duration>),
@@ -293,8 +380,8 @@ enum Failure {
 }
 
 impl Failure {
-    fn or_log(self, reason: &str) -> Self {
-        tracing::warn!(reason, "Pinecone upsert failed; retrying");
+    fn or_log(self, operation: &str, reason: &str) -> Self {
+        tracing::warn!(reason, operation, "Pinecone request failed; retrying");
         self
     }
 }

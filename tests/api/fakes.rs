@@ -297,6 +297,12 @@ struct PineconeState {
     upserts: Mutex<Vec<PineconeUpsert>>,
     /// Statuses the next upserts answer, in order, before succeeding.
     upsert_failures: Mutex<std::collections::VecDeque<u16>>,
+    /// What the index holds: (namespace, id) → record, as upserted.
+    stored: Mutex<std::collections::BTreeMap<(String, String), Value>>,
+    /// Bodies of `POST /vectors/delete`, and the query strings of
+    /// `GET /vectors/list`, in order.
+    deletes: Mutex<Vec<Value>>,
+    lists: Mutex<Vec<String>>,
 }
 
 /// A fake Pinecone index host.
@@ -312,6 +318,9 @@ impl FakePinecone {
         let app = Router::new()
             .route("/records/namespaces/{namespace}/search", post(search))
             .route("/records/namespaces/{namespace}/upsert", post(upsert))
+            .route("/describe_index_stats", post(describe_index_stats))
+            .route("/vectors/delete", post(delete_vectors))
+            .route("/vectors/list", axum::routing::get(list_vectors))
             .with_state(state.clone());
         let base_url = format!("http://{}", serve(app).await);
         let fake = Self { base_url, state };
@@ -343,6 +352,106 @@ impl FakePinecone {
     pub fn fail_upserts(&self, statuses: &[u16]) {
         *self.state.upsert_failures.lock().expect("lock") = statuses.iter().copied().collect();
     }
+
+    /// The ids the namespace holds, sorted.
+    pub fn stored_ids(&self, namespace: &str) -> Vec<String> {
+        self.state
+            .stored
+            .lock()
+            .expect("lock")
+            .keys()
+            .filter(|(ns, _)| ns == namespace)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
+
+    pub fn deletes(&self) -> Vec<Value> {
+        self.state.deletes.lock().expect("lock").clone()
+    }
+
+    pub fn lists(&self) -> Vec<String> {
+        self.state.lists.lock().expect("lock").clone()
+    }
+}
+
+/// `POST /describe_index_stats`: records per namespace.
+async fn describe_index_stats(State(state): State<Arc<PineconeState>>) -> Response {
+    let mut namespaces = serde_json::Map::new();
+    let stored = state.stored.lock().expect("lock");
+    for (namespace, _) in stored.keys() {
+        let entry = namespaces
+            .entry(namespace.clone())
+            .or_insert_with(|| json!({"vectorCount": 0}));
+        entry["vectorCount"] = json!(entry["vectorCount"].as_u64().unwrap_or(0) + 1);
+    }
+    axum::Json(json!({
+        "namespaces": namespaces,
+        "dimension": 1024,
+        "indexFullness": 0.0,
+        "totalVectorCount": stored.len(),
+        "metric": "cosine",
+        "vectorType": "dense",
+    }))
+    .into_response()
+}
+
+/// `POST /vectors/delete`: `{"ids": [...], "namespace": ns}`, at most 1,000
+/// ids; unknown ids are no error.
+async fn delete_vectors(State(state): State<Arc<PineconeState>>, body: Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "invalid JSON").into_response();
+    };
+    let (Some(ids), Some(namespace)) = (request["ids"].as_array(), request["namespace"].as_str())
+    else {
+        return (StatusCode::BAD_REQUEST, "ids and namespace are required").into_response();
+    };
+    if ids.is_empty() || ids.len() > 1000 {
+        return (StatusCode::BAD_REQUEST, "between 1 and 1000 ids").into_response();
+    }
+    let mut stored = state.stored.lock().expect("lock");
+    for id in ids.iter().filter_map(Value::as_str) {
+        stored.remove(&(namespace.to_string(), id.to_string()));
+    }
+    state.deletes.lock().expect("lock").push(request.clone());
+    axum::Json(json!({})).into_response()
+}
+
+/// `GET /vectors/list?namespace=&prefix=&limit=&paginationToken=`: ids in
+/// order, a page at a time; the token is the last id of the page before.
+async fn list_vectors(
+    State(state): State<Arc<PineconeState>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    state
+        .lists
+        .lock()
+        .expect("lock")
+        .push(query.unwrap_or_default());
+    let namespace = params.get("namespace").cloned().unwrap_or_default();
+    let prefix = params.get("prefix").cloned().unwrap_or_default();
+    let limit: usize = params
+        .get("limit")
+        .and_then(|limit| limit.parse().ok())
+        .unwrap_or(100);
+    let after = params.get("paginationToken").cloned();
+    let stored = state.stored.lock().expect("lock");
+    let matching: Vec<&String> = stored
+        .keys()
+        .filter(|(ns, id)| *ns == namespace && id.starts_with(&prefix))
+        .map(|(_, id)| id)
+        .filter(|id| after.as_ref().is_none_or(|after| *id > after))
+        .collect();
+    let page: Vec<Value> = matching
+        .iter()
+        .take(limit)
+        .map(|id| json!({"id": id}))
+        .collect();
+    let mut answer = json!({"vectors": page, "namespace": namespace, "usage": {"readUnits": 1}});
+    if matching.len() > limit {
+        answer["pagination"] = json!({"next": matching[limit - 1]});
+    }
+    axum::Json(answer).into_response()
 }
 
 /// Pinecone's upsert: NDJSON records, at most 96 per request, 201 Created.
@@ -378,6 +487,14 @@ async fn upsert(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    {
+        let mut stored = state.stored.lock().expect("lock");
+        for record in &records {
+            if let Some(id) = record["_id"].as_str() {
+                stored.insert((namespace.clone(), id.to_string()), record.clone());
+            }
+        }
+    }
     state.upserts.lock().expect("lock").push(PineconeUpsert {
         namespace,
         content_type: header_text("content-type"),

@@ -134,7 +134,10 @@ async fn kb_ingest_search_stats_and_remove_work_as_a_script_expects() {
     assert!(stderr.contains("kb/extra.jsonl:3: "), "{stderr}");
     assert!(stderr.contains("kb/logo.png: skipped"), "{stderr}");
     // Guide: 3 sections with text; FAQ: 3 good rows; JSON Lines: 2.
-    assert_eq!(stats(dir, &url).await, json!({"records": 8, "sources": 3}));
+    assert_eq!(
+        stats(dir, &url).await,
+        json!({"backend": "local", "records": 8, "sources": 3})
+    );
 
     // Ingesting again updates, never duplicates.
     let (ok, _, stderr) = kb(dir, &url, &["ingest", "./kb/faq.csv", "kb/guides"]).await;
@@ -186,7 +189,10 @@ async fn kb_ingest_search_stats_and_remove_work_as_a_script_expects() {
     )
     .await;
     assert!(ok && stderr.contains("removed 3 records"), "{stderr}");
-    assert_eq!(stats(dir, &url).await, json!({"records": 2, "sources": 2}));
+    assert_eq!(
+        stats(dir, &url).await,
+        json!({"backend": "local", "records": 2, "sources": 2})
+    );
 
     // Nothing ingestible: a failure a script can see.
     std::fs::write(dir.join("empty.csv"), "question,answer\n").expect("write");
@@ -652,4 +658,110 @@ async fn ingest_replace_drops_the_records_of_files_deleted_from_the_folder() {
         hits.iter().any(|hit| hit["id"] == "j-iban"),
         "other/more.jsonl keeps its records: {hits:?}"
     );
+}
+
+#[tokio::test]
+async fn kb_stats_and_remove_work_on_pinecone() {
+    let pinecone = FakePinecone::start().await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let url = test_database_url(&scratch.path().join("kb.db")).await;
+    // 250 records with generated ids (<source>#<line>), two with their own.
+    let mut lines: String = (0..250)
+        .map(|n| {
+            format!(
+                "{}\n",
+                json!({"question": format!("Question {n}?"), "answer": "Answer."})
+            )
+        })
+        .collect();
+    std::fs::write(scratch.path().join("many.jsonl"), &lines).expect("write");
+    lines = "id,question,answer\nown-1,Q1?,A1.\nown-2,Q2?,A2.\n".into();
+    std::fs::write(scratch.path().join("own.csv"), &lines).expect("write");
+    let env = [
+        ("PINECONE_API_KEY", "pc-test-key"),
+        ("PINECONE_HOST", pinecone.base_url.as_str()),
+        ("PINECONE_NAMESPACE", "support docs"),
+        ("PINECONE_RETRY_BASE_MS", "1"),
+    ];
+    let (ok, _, stderr) = kb_with(
+        scratch.path(),
+        &url,
+        &env,
+        &["ingest", "many.jsonl", "own.csv"],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let stats = |args: &'static [&'static str]| {
+        let (dir, url) = (scratch.path().to_path_buf(), url.clone());
+        async move {
+            let (ok, stdout, stderr) = kb_with(&dir, &url, &env, args).await;
+            assert!(ok, "{stderr}");
+            stdout
+        }
+    };
+    let answer: Value =
+        serde_json::from_str(stats(&["stats", "--json"]).await.trim()).expect("JSON");
+    assert_eq!(
+        answer,
+        json!({"backend": "pinecone", "records": 252, "sources": null})
+    );
+    assert!(
+        stats(&["stats"])
+            .await
+            .contains("252 records in the Pinecone namespace")
+    );
+
+    // By id.
+    let (ok, _, stderr) = kb_with(scratch.path(), &url, &env, &["remove", "own-1", "nope"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("asked Pinecone to delete 2 records"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pinecone.deletes(),
+        [json!({"ids": ["own-1", "nope"], "namespace": "support docs"})]
+    );
+    assert_eq!(pinecone.stored_ids("support docs").len(), 251);
+
+    // By source: the generated ids, listed page by page, deleted in one request.
+    let (ok, _, stderr) = kb_with(
+        scratch.path(),
+        &url,
+        &env,
+        &["remove", "--source", "many.jsonl"],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("asked Pinecone to delete 250 records"),
+        "{stderr}"
+    );
+    let lists = pinecone.lists();
+    assert_eq!(lists.len(), 3, "{lists:?}");
+    assert!(
+        lists[0].contains("namespace=support+docs")
+            || lists[0].contains("namespace=support%20docs"),
+        "{lists:?}"
+    );
+    assert!(lists[0].contains("prefix=many.jsonl%23"), "{lists:?}");
+    assert!(lists[1].contains("paginationToken="), "{lists:?}");
+    assert_eq!(pinecone.deletes().len(), 2);
+    assert_eq!(pinecone.stored_ids("support docs"), ["own-2"]);
+
+    // --replace cannot be done right on Pinecone: refused, nothing sent.
+    let upserts = pinecone.upserts().len();
+    let (ok, _, stderr) = kb_with(
+        scratch.path(),
+        &url,
+        &env,
+        &["ingest", "--replace", "own.csv"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("--replace works on the local knowledge base only"),
+        "{stderr}"
+    );
+    assert_eq!(pinecone.upserts().len(), upserts);
 }

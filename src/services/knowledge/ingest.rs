@@ -244,6 +244,60 @@ pub async fn remove_missing(
     Ok(removed)
 }
 
+/// What the knowledge base holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holdings {
+    Local(knowledge::Stats),
+    /// Pinecone counts records, not the files they came from.
+    Pinecone {
+        records: u64,
+    },
+}
+
+/// `eloquent kb stats`.
+pub async fn stats(destination: Destination<'_>) -> Result<Holdings, IngestError> {
+    Ok(match destination {
+        Destination::Local { db, .. } => Holdings::Local(knowledge::stats(db).await?),
+        Destination::Pinecone(client) => Holdings::Pinecone {
+            records: client.count().await.map_err(IngestError::Pinecone)?,
+        },
+    })
+}
+
+/// Which records `eloquent kb remove` removes.
+#[derive(Debug, Clone)]
+pub enum Removal {
+    Ids(Vec<String>),
+    /// Every record of a file, by its source name ([`source_name`]).
+    Source(String),
+}
+
+/// `eloquent kb remove`: how many records were removed (local), or how many
+/// ids were sent to be deleted (Pinecone does not say which existed). On
+/// Pinecone a source's records are found by the prefix of their generated
+/// ids (`<source>#`): records with their own ids in the file are not.
+pub async fn remove(destination: Destination<'_>, removal: Removal) -> Result<u64, IngestError> {
+    match (destination, removal) {
+        (Destination::Local { db, .. }, Removal::Ids(ids)) => {
+            Ok(knowledge::remove_ids(db, ids).await?)
+        }
+        (Destination::Local { db, .. }, Removal::Source(source)) => {
+            Ok(knowledge::remove_source(db, &source).await?)
+        }
+        (Destination::Pinecone(client), removal) => {
+            let ids = match removal {
+                Removal::Ids(ids) => ids,
+                Removal::Source(source) => client
+                    .list(&format!("{source}#"))
+                    .await
+                    .map_err(IngestError::Pinecone)?,
+            };
+            client.delete(&ids).await.map_err(IngestError::Pinecone)?;
+            Ok(ids.len() as u64)
+        }
+    }
+}
+
 /// Records re-analysed per transaction by [`reanalyze`].
 const REANALYZE_BATCH: i64 = 500;
 
