@@ -139,15 +139,14 @@ async fn run(command: KbCommand, mut config: Config) -> Result<ExitCode, String>
             match (holdings, json) {
                 (Holdings::Local(stats), true) => println!(
                     "{}",
-                    json!({"backend": "local", "records": stats.records, "sources": stats.sources})
+                    json!({"records": stats.records, "sources": stats.sources})
                 ),
                 (Holdings::Local(stats), false) => {
                     println!("{} records from {} sources", stats.records, stats.sources)
                 }
-                (Holdings::Pinecone { records }, true) => println!(
-                    "{}",
-                    json!({"backend": "pinecone", "records": records, "sources": null})
-                ),
+                (Holdings::Pinecone { records }, true) => {
+                    println!("{}", json!({"records": records, "sources": null}))
+                }
                 (Holdings::Pinecone { records }, false) => {
                     println!("{records} records in the Pinecone namespace")
                 }

@@ -134,10 +134,7 @@ async fn kb_ingest_search_stats_and_remove_work_as_a_script_expects() {
     assert!(stderr.contains("kb/extra.jsonl:3: "), "{stderr}");
     assert!(stderr.contains("kb/logo.png: skipped"), "{stderr}");
     // Guide: 3 sections with text; FAQ: 3 good rows; JSON Lines: 2.
-    assert_eq!(
-        stats(dir, &url).await,
-        json!({"backend": "local", "records": 8, "sources": 3})
-    );
+    assert_eq!(stats(dir, &url).await, json!({"records": 8, "sources": 3}));
 
     // Ingesting again updates, never duplicates.
     let (ok, _, stderr) = kb(dir, &url, &["ingest", "./kb/faq.csv", "kb/guides"]).await;
@@ -189,10 +186,7 @@ async fn kb_ingest_search_stats_and_remove_work_as_a_script_expects() {
     )
     .await;
     assert!(ok && stderr.contains("removed 3 records"), "{stderr}");
-    assert_eq!(
-        stats(dir, &url).await,
-        json!({"backend": "local", "records": 2, "sources": 2})
-    );
+    assert_eq!(stats(dir, &url).await, json!({"records": 2, "sources": 2}));
 
     // Nothing ingestible: a failure a script can see.
     std::fs::write(dir.join("empty.csv"), "question,answer\n").expect("write");
@@ -701,10 +695,7 @@ async fn kb_stats_and_remove_work_on_pinecone() {
     };
     let answer: Value =
         serde_json::from_str(stats(&["stats", "--json"]).await.trim()).expect("JSON");
-    assert_eq!(
-        answer,
-        json!({"backend": "pinecone", "records": 252, "sources": null})
-    );
+    assert_eq!(answer, json!({"records": 252, "sources": null}));
     assert!(
         stats(&["stats"])
             .await
