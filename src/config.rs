@@ -180,6 +180,10 @@ pub struct Config {
     pub retrieval: RetrievalConfig,
     /// Answered without calling the model when no record cleared the minimum score.
     pub ungrounded_reply: Option<String>,
+    /// `GET /metrics` is served (`METRICS_ENABLED`, default true).
+    pub metrics_enabled: bool,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Secret>,
     pub jwt_secret: Secret,
     pub jwt_algorithm: Algorithm,
     pub jwt_expire_minutes: i64,
@@ -397,6 +401,8 @@ impl Config {
             pinecone,
             retrieval,
             ungrounded_reply: env.optional("UNGROUNDED_REPLY"),
+            metrics_enabled: env.parse("METRICS_ENABLED", true)?,
+            metrics_token: env.optional("METRICS_TOKEN").map(Secret::new),
             jwt_secret,
             jwt_algorithm,
             jwt_expire_minutes: env.parse_in("JWT_EXPIRE_MINUTES", 60, 1..=525_600)?,

@@ -9,6 +9,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod services;
 pub mod startup;
 pub mod storage;

@@ -14,6 +14,7 @@ use crate::clients::ClientSetupError;
 use crate::clients::model::ModelClient;
 use crate::config::Config;
 use crate::http::{self, AppServices, AppState};
+use crate::metrics::Metrics;
 use crate::services::adoption::{self, AdoptionError, Mode, Outcome};
 use crate::services::auth::AuthService;
 use crate::services::chat::{ChatService, ChatSettings};
@@ -150,6 +151,7 @@ impl Application {
             );
         }
         let tasks = TaskTracker::new();
+        let metrics = Arc::new(Metrics::new());
         let auth = AuthService::new(&config, db.clone())
             .await
             .map_err(|err| StartupError::Init(err.to_string()))?;
@@ -165,6 +167,7 @@ impl Application {
                 max_streams_per_user: config.max_streams_per_user,
             },
             tasks.clone(),
+            metrics.clone(),
         );
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
@@ -176,6 +179,8 @@ impl Application {
             chat,
             shutdown: CancellationToken::new(),
             tasks: tasks.clone(),
+            metrics,
+            db: db.clone(),
         });
         tracing::info!(backend = db.backend_name(), "database ready");
         Ok(Self {

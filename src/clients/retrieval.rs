@@ -137,7 +137,7 @@ impl RetrievalClient {
         }
     }
 
-    async fn try_search(&self, text: &str) -> Result<Vec<Passage>, String> {
+    pub async fn try_search(&self, text: &str) -> Result<Vec<Passage>, String> {
         let body = SearchRequest {
             query: SearchQuery {
                 inputs: SearchInputs { text },

@@ -19,7 +19,8 @@ use crate::http::AppState;
 use crate::http::envelope::{Envelope, ErrorData, Reply};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, MaybeAuthUser};
 use crate::services::chat::{
-    ConversationSummary, ConversationView, HistoryJson, ReplyEvent, TurnOutcome, TurnRequest,
+    ConversationSummary, ConversationView, HistoryJson, ReplyEvent, Transport, TurnOutcome,
+    TurnRequest,
 };
 
 /// One-shot chat turns (rate-limited, answered within the request timeout).
@@ -115,11 +116,12 @@ fn lenient_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>,
 }
 
 impl ChatRequest {
-    fn into_turn(self, caller: Option<i64>) -> TurnRequest {
+    fn into_turn(self, caller: Option<i64>, transport: Transport) -> TurnRequest {
         TurnRequest {
             caller,
             conversation_id: self.conversation_id,
             message: self.message,
+            transport,
         }
     }
 }
@@ -252,7 +254,10 @@ async fn create(
     MaybeAuthUser(caller): MaybeAuthUser,
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> Result<Reply<ConversationView>, AppError> {
-    let view = state.chat.complete_turn(body.into_turn(caller)).await?;
+    let view = state
+        .chat
+        .complete_turn(body.into_turn(caller, Transport::Create))
+        .await?;
     Ok(Reply::ok(view))
 }
 
@@ -281,7 +286,11 @@ async fn stream(
     MaybeAuthUser(caller): MaybeAuthUser,
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> Result<Response, AppError> {
-    let replies = match state.chat.start_turn(body.into_turn(caller)).await? {
+    let replies = match state
+        .chat
+        .start_turn(body.into_turn(caller, Transport::Sse))
+        .await?
+    {
         TurnOutcome::Refused(view) => return Ok(Reply::ok(view).into_response()),
         TurnOutcome::Streaming(replies) => replies,
     };

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod envelope;
 pub mod extract;
 pub mod health;
+pub mod metrics;
 pub mod rate_limit;
 pub mod ws;
 
@@ -34,8 +35,10 @@ use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::{Config, CorsOrigins};
+use crate::metrics::Metrics;
 use crate::services::auth::AuthService;
 use crate::services::chat::ChatService;
+use crate::storage::Database;
 
 /// Everything a handler needs. Axum clones the state for every request, so
 /// it is one shared pointer: the services it holds own keys, URLs and
@@ -66,6 +69,9 @@ pub struct AppServices {
     pub shutdown: CancellationToken,
     /// Work that must finish before the process exits (WebSocket sessions, partial-answer stores).
     pub tasks: TaskTracker,
+    pub metrics: Arc<Metrics>,
+    /// For the metrics' connection gauges.
+    pub db: Database,
 }
 
 #[derive(OpenApi)]
@@ -125,6 +131,10 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
             config.trust_forwarded_for,
             None,
             &state.shutdown,
+            rate_limit::Refused {
+                metrics: state.metrics.clone(),
+                scope: "auth",
+            },
         ) {
             credentials = credentials.layer(layer);
         }
@@ -133,6 +143,10 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
             config.trust_forwarded_for,
             Some(state.auth.clone()),
             &state.shutdown,
+            rate_limit::Refused {
+                metrics: state.metrics.clone(),
+                scope: "chat",
+            },
         ) {
             // One budget shared by one-shot, SSE and WebSocket turns.
             turns = turns.layer(layer.clone());
@@ -183,11 +197,17 @@ pub fn app(state: AppState) -> Router {
         .layer(cors(&config.cors_allow_origins))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
-    Router::new()
-        .merge(routes)
-        .merge(docs)
+    let mut router = Router::new().merge(routes).merge(docs);
+    if config.metrics_enabled {
+        router = router.merge(metrics::router());
+    }
+    router
         .fallback(envelope::not_found)
         .method_not_allowed_fallback(envelope::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::record_http,
+        ))
         .with_state(state)
         .layer(middleware)
 }

@@ -86,11 +86,18 @@ type Config = GovernorConfig<ClientKeyExtractor, NoOpMiddleware<QuantaInstant>>;
 
 /// A layer allowing `per_minute` requests per key (bursts up to that many),
 /// or `None` when the limit is 0 (disabled).
+/// Counts a limiter's refusals in the metrics under its scope.
+pub struct Refused {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub scope: &'static str,
+}
+
 pub fn layer(
     per_minute: u32,
     trust_forwarded_for: bool,
     auth: Option<AuthService>,
     shutdown: &CancellationToken,
+    refused: Refused,
 ) -> Option<GovernorLayer<ClientKeyExtractor, NoOpMiddleware<QuantaInstant>, Body>> {
     if per_minute == 0 {
         return None;
@@ -118,5 +125,12 @@ pub fn layer(
             }
         }
     });
-    Some(GovernorLayer::new(config))
+    Some(
+        GovernorLayer::new(config).error_handler(move |error: GovernorError| {
+            if matches!(error, GovernorError::TooManyRequests { .. }) {
+                refused.metrics.rate_limited(refused.scope);
+            }
+            axum::http::Response::<Body>::from(error)
+        }),
+    )
 }

@@ -19,7 +19,7 @@ use crate::error::AppError;
 use crate::http::AppState;
 use crate::http::envelope::{Envelope, ErrorData};
 use crate::http::extract::{ApiPath, ApiQuery, bearer_token};
-use crate::services::chat::{Failure, ReplyEvent, TurnOutcome, TurnRequest};
+use crate::services::chat::{Failure, ReplyEvent, Transport, TurnOutcome, TurnRequest};
 
 /// Largest frame a client may send (one question).
 const MAX_CLIENT_FRAME_BYTES: usize = 64 * 1024;
@@ -97,6 +97,7 @@ impl Session {
             caller,
             conversation_id: Some(conversation_id),
             message,
+            transport: Transport::WebSocket,
         };
         let replies = match self.state.chat.start_turn(request).await {
             Ok(TurnOutcome::Streaming(replies)) => replies,

@@ -8,6 +8,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::clients::model::{ModelClient, ModelError, TokenStream};
 use crate::clients::retrieval::Passage;
 use crate::error::AppError;
+use crate::metrics::{Metrics, TurnMeter};
 use crate::services::guardrails::{self, Verdict};
 use crate::services::knowledge::retrieve::Retrieval;
 use crate::services::prompt;
@@ -163,6 +165,27 @@ pub struct TurnRequest {
     /// `None` or `0` starts a new conversation.
     pub conversation_id: Option<i64>,
     pub message: String,
+    pub transport: Transport,
+}
+
+/// Which of the three transports a turn came over (for the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `POST /api/chat/create`.
+    Create,
+    /// `POST /api/chat/stream`.
+    Sse,
+    WebSocket,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Sse => "sse",
+            Self::WebSocket => "websocket",
+        }
+    }
 }
 
 /// How a turn began.
@@ -258,6 +281,7 @@ pub struct ChatService {
     ungrounded_reply: Option<Arc<str>>,
     settings: ChatSettings,
     limits: StreamLimits,
+    metrics: Arc<Metrics>,
     /// Stores of partial answers outlive their stream; shutdown waits for them.
     tasks: TaskTracker,
     /// Histories recently read, checked against the stored message count.
@@ -281,8 +305,10 @@ impl ChatService {
         ungrounded_reply: Option<String>,
         settings: ChatSettings,
         tasks: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            metrics,
             db,
             model,
             retrieval,
@@ -326,10 +352,14 @@ impl ChatService {
 
     /// Runs a turn up to the first model token.
     pub async fn start_turn(&self, request: TurnRequest) -> Result<TurnOutcome, AppError> {
+        let started = Instant::now();
+        let transport = request.transport.as_str();
         let model = self.model.as_ref().ok_or(AppError::ModelNotConfigured)?;
         let message = self.validate_message(&request.message)?;
         // Held until the answer ends (or the turn fails before streaming).
-        let slot = self.limits.acquire(request.caller)?;
+        let slot = self.limits.acquire(request.caller).inspect_err(|_| {
+            self.metrics.rate_limited("streams");
+        })?;
         let redacted = match guardrails::check(message) {
             Verdict::Refuse { reason, redacted } => {
                 let (conversation, _) = self
@@ -346,6 +376,7 @@ impl ChatService {
                     grounded: None,
                 };
                 messages::insert(&self.db, refusal).await?;
+                self.metrics.turn_ended(transport, "refused");
                 return Ok(TurnOutcome::Refused(self.view(conversation_id).await?.view));
             }
             Verdict::Allow { redacted } => redacted,
@@ -353,7 +384,15 @@ impl ChatService {
         // The search needs only the (allowed) message: it runs while the
         // conversation is resolved and its history read. When resolving fails
         // (403, 404, storage) the search is dropped, i.e. cancelled.
-        let search = async { Ok(self.retrieval.search(&redacted).await) };
+        let search = async {
+            let searching = Instant::now();
+            let (passages, failed) = self.retrieval.search_reporting(&redacted).await;
+            if let Some(backend) = self.retrieval.metered_backend() {
+                self.metrics
+                    .retrieval(backend, searching.elapsed(), passages.len(), failed);
+            }
+            Ok(passages)
+        };
         let conversation_and_history = async {
             let (conversation, created) = self
                 .resolve_for_turn(request.caller, request.conversation_id, &redacted)
@@ -393,6 +432,7 @@ impl ChatService {
                     tokens,
                     slot,
                     grounding,
+                    self.metrics.stream_started(transport, started, false),
                 )),
             }));
         }
@@ -406,13 +446,23 @@ impl ChatService {
             model.stream_chat(&prompt_messages)
         );
         stored?;
-        let tokens = tokens.map_err(|err| upstream_error(conversation_id, err))?;
+        let tokens = tokens.map_err(|err| {
+            self.metrics.upstream_error(error_kind(&err));
+            self.metrics.turn_ended(transport, turn_outcome(&err));
+            upstream_error(conversation_id, err)
+        })?;
+        let meter = self
+            .metrics
+            .stream_started(transport, started, grounding.grounded);
         Ok(TurnOutcome::Streaming(ReplyStream {
             conversation_id,
-            events: Box::pin(
-                self.clone()
-                    .reply_events(conversation_id, tokens, slot, grounding),
-            ),
+            events: Box::pin(self.clone().reply_events(
+                conversation_id,
+                tokens,
+                slot,
+                grounding,
+                meter,
+            )),
         }))
     }
 
@@ -422,6 +472,7 @@ impl ChatService {
         mut tokens: TokenStream,
         slot: StreamSlot,
         grounding: Grounding,
+        mut meter: TurnMeter,
     ) -> impl Stream<Item = ReplyEvent> + Send {
         async_stream::stream! {
             let _slot = slot;
@@ -439,6 +490,7 @@ impl ChatService {
                     Ok(delta) => {
                         // Recorded before it is sent: a disconnect stores at least what the client saw.
                         answer.text.push_str(&delta);
+                        meter.token();
                         yield ReplyEvent::Delta(delta);
                     }
                     Err(err) => {
@@ -452,15 +504,22 @@ impl ChatService {
             let stored = answer.store().await;
             if let Some(err) = failure {
                 tracing::warn!(conversation_id, error = %err, "model stream failed mid-answer");
+                self.metrics.upstream_error(error_kind(&err));
+                meter.ended(turn_outcome(&err));
                 yield ReplyEvent::Failed(Failure::Upstream);
             } else if let Err(err) = stored {
                 tracing::error!(conversation_id, error = %err, "storing the answer failed");
+                meter.ended("storage_error");
                 yield ReplyEvent::Failed(Failure::Storage);
             } else {
                 match self.view(conversation_id).await {
-                    Ok(history) => yield ReplyEvent::Done(history.view),
+                    Ok(history) => {
+                        meter.ended("completed");
+                        yield ReplyEvent::Done(history.view)
+                    }
                     Err(err) => {
                         tracing::error!(conversation_id, error = %err, "loading the history failed");
+                        meter.ended("storage_error");
                         yield ReplyEvent::Failed(Failure::Storage);
                     }
                 }
@@ -709,6 +768,26 @@ fn authorize(conversation: &ConversationRecord, caller: Option<i64>) -> Result<(
     match conversation.user_id {
         Some(owner) if caller != Some(owner) => Err(AppError::Forbidden),
         _ => Ok(()),
+    }
+}
+
+/// A model error's class, for the metrics.
+fn error_kind(err: &ModelError) -> &'static str {
+    match err {
+        ModelError::Credentials { .. } => "credentials",
+        ModelError::RateLimited => "rate_limited",
+        ModelError::Status { .. } => "status",
+        ModelError::Transport(_) => "transport",
+        ModelError::IdleTimeout(_) => "idle_timeout",
+        ModelError::TotalTimeout(_) => "total_timeout",
+    }
+}
+
+/// The turn outcome a model error means.
+fn turn_outcome(err: &ModelError) -> &'static str {
+    match err {
+        ModelError::IdleTimeout(_) | ModelError::TotalTimeout(_) => "timeout",
+        _ => "upstream_error",
     }
 }
 

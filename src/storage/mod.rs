@@ -223,6 +223,18 @@ impl Database {
         }
     }
 
+    /// (connections in use, connections open and idle), for the metrics:
+    /// SQLite's reader connections, or the PostgreSQL pool.
+    pub fn connection_usage(&self) -> (usize, usize) {
+        match self {
+            Self::Sqlite(pool) => readers::usage(pool),
+            Self::Postgres(pool) => {
+                let idle = pool.num_idle();
+                ((pool.size() as usize).saturating_sub(idle), idle)
+            }
+        }
+    }
+
     /// Applies the pending migrations of the live backend.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {

@@ -26,6 +26,8 @@ pub(crate) struct Readers {
     acquire_timeout: Duration,
     /// One permit per connection that may be open.
     permits: Arc<Semaphore>,
+    /// How many permits there are.
+    capacity: usize,
     idle: Mutex<Vec<SqliteConnection>>,
 }
 
@@ -39,6 +41,7 @@ pub(crate) fn register(pool: &SqlitePool, connections: usize, acquire_timeout: D
     let readers = Readers {
         acquire_timeout,
         permits: Arc::new(Semaphore::new(connections.max(1))),
+        capacity: connections.max(1),
         idle: Mutex::new(Vec::with_capacity(connections)),
         options: Arc::clone(&options),
     };
@@ -46,6 +49,25 @@ pub(crate) fn register(pool: &SqlitePool, connections: usize, acquire_timeout: D
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(options.get_filename().to_path_buf(), Arc::new(readers));
+}
+
+/// (connections reading now, connections open and idle) of the pool's file.
+pub(crate) fn usage(pool: &SqlitePool) -> (usize, usize) {
+    match readers_of(pool) {
+        Some(readers) => {
+            let idle = readers
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len();
+            let total = readers.capacity;
+            (
+                total.saturating_sub(readers.permits.available_permits()),
+                idle,
+            )
+        }
+        None => (0, 0),
+    }
 }
 
 fn readers_of(pool: &SqlitePool) -> Option<Arc<Readers>> {

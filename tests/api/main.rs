@@ -11,6 +11,7 @@ mod conversations;
 mod fault;
 mod hardening;
 mod knowledge;
+mod metrics;
 mod storage;
 mod streaming;
 mod upgrade;

@@ -62,18 +62,37 @@ impl Retrieval {
     /// The passages for `text` scoring at least the minimum, best first.
     /// Never fails the turn: a failure is logged and answered with none.
     pub async fn search(&self, text: &str) -> Vec<Passage> {
-        let mut passages = match &self.retriever {
-            Retriever::Pinecone(client) => client.search(text).await,
-            Retriever::Local { search, top_k } => match search.search(text, *top_k).await {
-                Ok(passages) => passages,
-                Err(err) => {
-                    tracing::warn!(error = %err, "local retrieval failed; answering without context");
-                    Vec::new()
+        self.search_reporting(text).await.0
+    }
+
+    /// [`Retrieval::search`], and whether the search failed.
+    pub async fn search_reporting(&self, text: &str) -> (Vec<Passage>, bool) {
+        let (mut passages, failed) = match &self.retriever {
+            Retriever::Pinecone(client) => match client.try_search(text).await {
+                Ok(passages) => (passages, false),
+                Err(reason) => {
+                    tracing::warn!(error = %reason, "retrieval failed; answering without context");
+                    (Vec::new(), true)
                 }
             },
-            Retriever::None => Vec::new(),
+            Retriever::Local { search, top_k } => match search.search(text, *top_k).await {
+                Ok(passages) => (passages, false),
+                Err(err) => {
+                    tracing::warn!(error = %err, "local retrieval failed; answering without context");
+                    (Vec::new(), true)
+                }
+            },
+            Retriever::None => (Vec::new(), false),
         };
         passages.retain(|passage| passage.score >= self.min_score);
-        passages
+        (passages, failed)
+    }
+
+    /// The backend's name for the metrics; `None` when there is none.
+    pub fn metered_backend(&self) -> Option<&'static str> {
+        match self.retriever {
+            Retriever::None => None,
+            _ => Some(self.backend_name()),
+        }
     }
 }
