@@ -176,14 +176,8 @@ async fn refusals_by_a_rate_limit_are_counted_by_scope() {
 #[tokio::test]
 async fn metrics_need_the_token_when_one_is_set() {
     let app = spawn_app_with(&[("METRICS_TOKEN", "scrape-me")]).await;
-    let (status, _, body) = scrape(&app, None).await;
-    assert_eq!(status, 401, "{body}");
-    let envelope: Value = serde_json::from_str(&body).expect("envelope");
-    assert_eq!(envelope["status_code"], 401);
-    let (status, _, body) = scrape(&app, Some("guess")).await;
-    assert_eq!(status, 403, "{body}");
-    let envelope: Value = serde_json::from_str(&body).expect("envelope");
-    assert_eq!(envelope["status_code"], 403);
+    refused(&app, None, 401).await;
+    refused(&app, Some("guess"), 403).await;
     let (status, _, text) = scrape(&app, Some("scrape-me")).await;
     assert_eq!(status, 200);
     assert_well_formed(&text);
@@ -192,8 +186,14 @@ async fn metrics_need_the_token_when_one_is_set() {
 #[tokio::test]
 async fn metrics_can_be_turned_off() {
     let app = spawn_app_with(&[("METRICS_ENABLED", "false")]).await;
-    let (status, _, body) = scrape(&app, None).await;
-    assert_eq!(status, 404, "{body}");
+    refused(&app, None, 404).await;
+}
+
+/// A scrape answered `status` with the error envelope.
+async fn refused(app: &TestApp, token: Option<&str>, status: u16) {
+    let (answered, _, body) = scrape(app, token).await;
+    assert_eq!(answered, status, "{body}");
     let envelope: Value = serde_json::from_str(&body).expect("envelope");
-    assert_eq!(envelope["status_code"], 404);
+    assert_eq!(envelope["status_code"], status);
+    assert!(envelope["data"]["message"].is_string(), "{body}");
 }
