@@ -181,13 +181,30 @@ impl Database {
                 // Queries run on connections of `readers` and `writer`; the
                 // pool itself only applies the migrations, so its connection
                 // closes soon after startup.
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .idle_timeout(Duration::from_secs(30))
-                    .acquire_timeout(settings.acquire_timeout)
-                    .test_before_acquire(false)
-                    .connect_with(options)
-                    .await?;
+                // Opening switches the file to WAL, which needs it to itself
+                // for a moment: a second server opening a rollback-journal
+                // file (the Python service's) at that moment gets SQLITE_BUSY
+                // at once, the busy handler not being called for it (CI: 1
+                // run in about 20 of the two-servers test). Try again.
+                let mut attempts = 0;
+                let pool = loop {
+                    let opened = SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .idle_timeout(Duration::from_secs(30))
+                        .acquire_timeout(settings.acquire_timeout)
+                        .test_before_acquire(false)
+                        .connect_with(options.clone())
+                        .await;
+                    match opened {
+                        Err(sqlx::Error::Database(err))
+                            if err.code().as_deref() == Some("5") && attempts < 10 =>
+                        {
+                            attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(20 * attempts)).await;
+                        }
+                        other => break other?,
+                    }
+                };
                 let sqlite_readers = settings.max_connections.min(sqlite_connection_cap());
                 writer::register(&pool);
                 readers::register(&pool, sqlite_readers as usize, settings.acquire_timeout);
