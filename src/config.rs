@@ -180,6 +180,8 @@ pub struct Config {
     pub retrieval: RetrievalConfig,
     /// Answered without calling the model when no record cleared the minimum score.
     pub ungrounded_reply: Option<String>,
+    /// Admins' addresses (`ADMIN_EMAILS`, comma-separated), lower-cased.
+    pub admin_emails: Vec<String>,
     /// `GET /metrics` is served (`METRICS_ENABLED`, default true).
     pub metrics_enabled: bool,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
@@ -401,6 +403,13 @@ impl Config {
             pinecone,
             retrieval,
             ungrounded_reply: env.optional("UNGROUNDED_REPLY"),
+            admin_emails: env
+                .optional("ADMIN_EMAILS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|email| email.trim().to_lowercase())
+                .filter(|email| !email.is_empty())
+                .collect(),
             metrics_enabled: env.parse("METRICS_ENABLED", true)?,
             metrics_token: env.optional("METRICS_TOKEN").map(Secret::new),
             jwt_secret,

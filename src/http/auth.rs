@@ -92,10 +92,14 @@ impl SessionData {
     }
 }
 
-/// `/api/auth/me` answer.
+/// `/api/auth/me` answer: the user exactly as Part I shows it (`<User>`),
+/// and their role beside it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MeData {
     pub user: UserView,
+    /// `admin` when the address is in `ADMIN_EMAILS`, else `user`.
+    #[schema(example = "user")]
+    pub role: &'static str,
 }
 
 /// Create an account and sign in.
@@ -147,6 +151,10 @@ async fn login(
         (status = 401, description = "Not authenticated, invalid or expired token, or its user does not exist", body = Envelope<ErrorData>),
         (status = 503, description = "Database unavailable or request timed out", body = Envelope<ErrorData>),
     ))]
-async fn me(AuthUser(user): AuthUser) -> Reply<MeData> {
-    Reply::ok(MeData { user: user.into() })
+async fn me(State(state): State<AppState>, AuthUser(user): AuthUser) -> Reply<MeData> {
+    let role = state.auth.role_of(&user.email).as_str();
+    Reply::ok(MeData {
+        user: user.into(),
+        role,
+    })
 }

@@ -66,9 +66,27 @@ pub struct Session {
 }
 
 /// Signs and checks tokens; hashes and verifies passwords off the async runtime.
+/// What a user may do (contract section 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AuthService {
     db: Database,
+    /// `ADMIN_EMAILS`, lower-cased.
+    admins: Arc<[String]>,
     encoding: EncodingKey,
     decoding: DecodingKey,
     algorithm: Algorithm,
@@ -95,6 +113,17 @@ const USER_CACHE_CAPACITY: usize = 10_000;
 const USER_CACHE_TTL: Duration = Duration::from_secs(60);
 
 impl AuthService {
+    /// A user's role: `admin` when their address is in `ADMIN_EMAILS`
+    /// (compared without case), else `user`.
+    pub fn role_of(&self, email: &str) -> Role {
+        let email = email.trim().to_lowercase();
+        if self.admins.contains(&email) {
+            Role::Admin
+        } else {
+            Role::User
+        }
+    }
+
     pub async fn new(config: &Config, db: Database) -> Result<Self, AppError> {
         let secret = config.jwt_secret.expose().as_bytes();
         let cost = config.bcrypt_cost;
@@ -106,6 +135,7 @@ impl AuthService {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Self {
             db,
+            admins: config.admin_emails.clone().into(),
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             algorithm: config.jwt_algorithm,

@@ -1044,3 +1044,24 @@ async fn login_survives_hostile_input() {
         vec!["victim@example.com".to_string()]
     );
 }
+
+#[tokio::test]
+async fn me_shows_the_role_admin_for_admin_emails_in_any_case() {
+    let app = spawn_app_with(&[("ADMIN_EMAILS", " Boss@Example.com , ,other@example.com")]).await;
+    let (admin, _) = app.signup("boss@example.com").await;
+    let (user, _) = app.signup("worker@example.com").await;
+    let data = app.get(ME, Some(&admin)).await.expect(200).clone();
+    assert_eq!(data["role"], "admin");
+    assert_eq!(data["user"]["email"], "boss@example.com");
+    // The user object stays exactly Part I's `<User>`.
+    assert!(data["user"].get("role").is_none(), "{data}");
+    let data = app.get(ME, Some(&user)).await.expect(200).clone();
+    assert_eq!(data["role"], "user");
+    // Without ADMIN_EMAILS nobody is an admin.
+    let plain = spawn_app().await;
+    let (token, _) = plain.signup("boss@example.com").await;
+    assert_eq!(
+        plain.get(ME, Some(&token)).await.expect(200)["role"],
+        "user"
+    );
+}
