@@ -340,6 +340,57 @@ impl Drop for TurnMeter {
 mod tests {
     use super::*;
 
+    /// The families the exposition declares (`# TYPE name kind`).
+    fn families(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .map(|(name, kind)| (name.to_string(), kind.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_the_dashboard_and_the_alerts_query_exists() {
+        // A family shows in the exposition once it has a series: give each one.
+        let metrics = Metrics::new();
+        drop(metrics.stream_started("sse", Instant::now(), false));
+        metrics.http_request("GET", "/health", 200, Duration::from_millis(1));
+        metrics.rate_limited("chat");
+        metrics.retrieval("local", Duration::from_millis(1), 1, true);
+        metrics.upstream_error("status");
+        let declared = families(&metrics.render((0, 0)).unwrap_or_default());
+        let dashboard = include_str!("../deploy/grafana/eloquent.json");
+        let readme = include_str!("../README.md");
+        let mut queried = 0;
+        for text in [dashboard, readme] {
+            for (at, _) in text.match_indices("eloquent_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                // Family names in the README's table and series in queries.
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                if family == "eloquent_" {
+                    continue;
+                }
+                queried += 1;
+                assert!(
+                    declared.iter().any(|(declared, kind)| {
+                        declared == family
+                            && (name == family
+                                || (kind == "counter" && name.ends_with("_total"))
+                                || (kind == "histogram" && !name.ends_with("_total")))
+                    }),
+                    "{name} is queried but not exposed: {declared:?}"
+                );
+            }
+        }
+        assert!(queried > 10, "the dashboard queries the metrics");
+    }
+
     #[test]
     fn a_turn_is_counted_once_with_its_outcome_and_tokens() {
         let metrics = Metrics::new();
