@@ -4,6 +4,7 @@ pub mod auth;
 pub mod chat;
 pub mod envelope;
 pub mod extract;
+pub mod feedback;
 pub mod health;
 pub mod metrics;
 pub mod rate_limit;
@@ -123,6 +124,7 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
     let mut bounded = OpenApiRouter::new()
         .merge(auth::router())
         .merge(chat::router())
+        .merge(feedback::router())
         .merge(health::router());
     if let Some(RouteLimits { state }) = limits {
         let config = &state.config;
@@ -218,7 +220,7 @@ fn security_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLa
 
 fn cors(origins: &CorsOrigins) -> CorsLayer {
     let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
         .expose_headers([HeaderName::from_static("x-request-id")])
         .max_age(Duration::from_secs(600));

@@ -47,6 +47,28 @@ pub struct ClientMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<bool>, nullable)]
     pub grounded: Option<Option<bool>>,
+    /// Assistant items: the feedback given on the answer, or null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Feedback>, nullable)]
+    pub feedback: Option<Option<Feedback>>,
+}
+
+/// A rating of an answer (contract section 16).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct Feedback {
+    /// `up` or `down`.
+    #[schema(example = "down")]
+    pub rating: String,
+    pub reason: Option<String>,
+}
+
+impl Feedback {
+    fn of(record: &MessageRecord) -> Option<Self> {
+        record.feedback_rating.as_ref().map(|rating| Self {
+            rating: rating.clone(),
+            reason: record.feedback_reason.clone(),
+        })
+    }
 }
 
 /// A knowledge-base record an answer was given.
@@ -126,6 +148,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                 created_at: record.created_at,
                 sources: None,
                 grounded: None,
+                feedback: None,
             }),
             Role::Assistant => view.push(ClientMessage {
                 id: record.id,
@@ -134,6 +157,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                 created_at: record.created_at,
                 sources: sources_json(record.sources.as_deref()),
                 grounded: Some(record.grounded),
+                feedback: Some(Feedback::of(record)),
             }),
             Role::Guardrails => {
                 view.push(ClientMessage {
@@ -143,6 +167,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                     created_at: record.created_at,
                     sources: None,
                     grounded: None,
+                    feedback: None,
                 });
                 view.push(ClientMessage {
                     id: record.id,
@@ -151,6 +176,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                     created_at: record.created_at,
                     sources: sources_json(None),
                     grounded: Some(None),
+                    feedback: Some(Feedback::of(record)),
                 });
             }
         }
@@ -569,6 +595,7 @@ impl ChatService {
         check_usable(&found.record, caller, "Conversation already deleted")?;
         if let Some(cached) = self.histories.get(&id)
             && cached.message_count == found.message_count
+            && cached.feedback_version == found.feedback_version
         {
             return Ok(cached.json);
         }
@@ -583,6 +610,7 @@ impl ChatService {
         // turns go out in their `done` event and are rarely asked for again.
         let cached = CachedHistory {
             message_count: history.message_count,
+            feedback_version: found.feedback_version,
             json: json.clone(),
         };
         self.histories.insert(id, cached);
@@ -644,6 +672,35 @@ impl ChatService {
     }
 
     /// Loads a conversation the caller may use: 404, 403, then 400 when deleted.
+    /// Sets (or with `None`, removes) the feedback on an assistant answer,
+    /// by whoever may read its conversation; the answer's item as clients
+    /// now see it.
+    pub async fn feedback(
+        &self,
+        caller: Option<i64>,
+        message_id: i64,
+        feedback: Option<Feedback>,
+    ) -> Result<Option<Feedback>, AppError> {
+        let (conversation_id, role) = messages::locate(&self.db, message_id)
+            .await?
+            .ok_or(AppError::NotFound("Message not found"))?;
+        let conversation = conversations::find(&self.db, conversation_id)
+            .await?
+            .ok_or(AppError::NotFound("Message not found"))?;
+        check_usable(&conversation, caller, "Conversation already deleted")?;
+        if !matches!(role, Role::Assistant | Role::Guardrails) {
+            return Err(AppError::invalid(
+                &["path", "message_id"],
+                "feedback is for the assistant's answers",
+            ));
+        }
+        let stored = feedback
+            .clone()
+            .map(|feedback| (feedback.rating, feedback.reason));
+        messages::set_feedback(&self.db, message_id, conversation_id, stored, Utc::now()).await?;
+        Ok(feedback)
+    }
+
     async fn usable(
         &self,
         caller: Option<i64>,
@@ -744,6 +801,7 @@ impl HistoryJson {
 #[derive(Clone)]
 struct CachedHistory {
     message_count: i64,
+    feedback_version: i64,
     json: HistoryJson,
 }
 

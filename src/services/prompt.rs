@@ -124,6 +124,8 @@ mod tests {
             created_at: Utc::now(),
             sources: None,
             grounded: None,
+            feedback_rating: None,
+            feedback_reason: None,
         }
     }
 

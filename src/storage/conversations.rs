@@ -78,6 +78,8 @@ pub struct VersionedConversation {
     /// read earlier with as many rows is the current one. (The newest id
     /// would not do on PostgreSQL, where ids can commit out of order.)
     pub message_count: i64,
+    /// Feedback is the one change to stored messages: it moves this.
+    pub feedback_version: i64,
 }
 
 /// Finds a conversation by id, deleted or not, with its message count.
@@ -88,8 +90,8 @@ pub async fn find_versioned(
     // Counted on messages_conversation_idx (conversation_id, id) alone.
     let sql = format!(
         "SELECT {COLUMNS}, \
-         (SELECT COUNT(*) FROM messages WHERE conversation_id = $1) AS message_count \
-         FROM conversations WHERE id = $1"
+         (SELECT COUNT(*) FROM messages WHERE conversation_id = $1) AS message_count, \
+         feedback_version FROM conversations WHERE id = $1"
     );
     on_reader!(db, conn => {
         sqlx::query_as::<_, VersionedConversation>(&sql).bind(id).fetch_optional(conn).await

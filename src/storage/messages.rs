@@ -48,6 +48,9 @@ pub struct MessageRecord {
     pub sources: Option<String>,
     /// Assistant answers: whether any retrieved hit cleared the minimum score.
     pub grounded: Option<bool>,
+    /// Feedback on an answer: `up` or `down`, and the reason given.
+    pub feedback_rating: Option<String>,
+    pub feedback_reason: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -60,6 +63,8 @@ struct MessageRow {
     created_at: DateTime<Utc>,
     sources: Option<String>,
     grounded: Option<bool>,
+    feedback_rating: Option<String>,
+    feedback_reason: Option<String>,
 }
 
 impl TryFrom<MessageRow> for MessageRecord {
@@ -79,8 +84,65 @@ impl TryFrom<MessageRow> for MessageRecord {
             created_at: row.created_at,
             sources: row.sources,
             grounded: row.grounded,
+            feedback_rating: row.feedback_rating,
+            feedback_reason: row.feedback_reason,
         })
     }
+}
+
+/// The conversation and role of a message, for a feedback check.
+pub async fn locate(db: &Database, id: i64) -> Result<Option<(i64, Role)>, sqlx::Error> {
+    let row: Option<(i64, String)> = on_reader!(db, conn => {
+        sqlx::query_as("SELECT conversation_id, role FROM messages WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await
+    })?;
+    row.map(|(conversation_id, role)| {
+        Role::parse(&role)
+            .map(|role| (conversation_id, role))
+            .ok_or_else(|| sqlx::Error::ColumnDecode {
+                index: "role".into(),
+                source: format!("unknown role {role:?}").into(),
+            })
+    })
+    .transpose()
+}
+
+/// Sets (or with `None`, removes) the feedback on a message, and moves its
+/// conversation's `feedback_version` so cached histories are read again;
+/// one transaction.
+pub async fn set_feedback(
+    db: &Database,
+    id: i64,
+    conversation_id: i64,
+    feedback: Option<(String, Option<String>)>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let (rating, reason, at) = match feedback {
+        Some((rating, reason)) => (Some(rating), reason, Some(now)),
+        None => (None, None, None),
+    };
+    on_writer!(db, conn => {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::query(
+            "UPDATE messages SET feedback_rating = $1, feedback_reason = $2, feedback_at = $3 \
+             WHERE id = $4",
+        )
+        .bind(rating)
+        .bind(reason)
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE conversations SET feedback_version = feedback_version + 1 WHERE id = $1",
+        )
+        .bind(conversation_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    })
 }
 
 /// What to store for one message.
@@ -134,7 +196,7 @@ pub async fn list(db: &Database, conversation_id: i64) -> Result<Vec<MessageReco
         sqlx::query_as::<_, MessageRow>(
             "SELECT id, conversation_id, role, \
              CASE WHEN role = 'user' THEN '' ELSE content END AS content, user_message, created_at, \
-             sources, grounded \
+             sources, grounded, feedback_rating, feedback_reason \
              FROM messages WHERE conversation_id = $1 ORDER BY id",
         )
         .bind(conversation_id)

@@ -9,6 +9,7 @@ mod battery;
 mod chat;
 mod conversations;
 mod fault;
+mod feedback;
 mod hardening;
 mod knowledge;
 mod metrics;
