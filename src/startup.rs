@@ -22,6 +22,7 @@ use crate::services::knowledge::{
     self,
     retrieve::{Retrieval, Retriever},
 };
+use crate::services::operator::OperatorService;
 use crate::storage::{Database, PoolSettings, legacy};
 
 /// Why the server could not start; one line each.
@@ -180,6 +181,7 @@ impl Application {
             shutdown: CancellationToken::new(),
             tasks: tasks.clone(),
             metrics,
+            operator: OperatorService::new(db.clone()),
             db: db.clone(),
         });
         tracing::info!(backend = db.backend_name(), "database ready");

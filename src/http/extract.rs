@@ -195,6 +195,22 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// A signed-in admin (`ADMIN_EMAILS`): 401 without a valid token, 403 for
+/// everyone else.
+pub struct AdminUser(pub UserRecord);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
+        match state.auth.role_of(&user.email) {
+            crate::services::auth::Role::Admin => Ok(AdminUser(user)),
+            crate::services::auth::Role::User => Err(AppError::Forbidden),
+        }
+    }
+}
+
 /// A caller who may be anonymous. No header, `Bearer null` or a token that is
 /// not a valid JWT mean anonymous; an expired token is a 401 so the client
 /// logs in again instead of silently losing ownership. (`Option<AuthUser>`

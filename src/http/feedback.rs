@@ -28,6 +28,15 @@ pub enum Rating {
     Down,
 }
 
+impl Rating {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
 /// Body of `POST /api/chat/messages/{id}/feedback`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct FeedbackRequest {
@@ -80,12 +89,8 @@ async fn give(
             "reason must be at most 500 characters",
         ));
     }
-    let rating = match body.rating {
-        Rating::Up => "up",
-        Rating::Down => "down",
-    };
     let feedback = Feedback {
-        rating: rating.to_string(),
+        rating: body.rating.as_str().to_string(),
         reason,
     };
     let feedback = state.chat.feedback(caller, id, Some(feedback)).await?;

@@ -1,5 +1,6 @@
 //! HTTP layer: routers, extractors, the envelope, middleware.
 
+pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod envelope;
@@ -39,6 +40,7 @@ use crate::config::{Config, CorsOrigins};
 use crate::metrics::Metrics;
 use crate::services::auth::AuthService;
 use crate::services::chat::ChatService;
+use crate::services::operator::OperatorService;
 use crate::storage::Database;
 
 /// Everything a handler needs. Axum clones the state for every request, so
@@ -71,6 +73,7 @@ pub struct AppServices {
     /// Work that must finish before the process exits (WebSocket sessions, partial-answer stores).
     pub tasks: TaskTracker,
     pub metrics: Arc<Metrics>,
+    pub operator: OperatorService,
     /// For the metrics' connection gauges.
     pub db: Database,
 }
@@ -86,6 +89,7 @@ pub struct AppServices {
         (name = "auth", description = "Accounts and tokens"),
         (name = "chat", description = "Conversations, answers, streams"),
         (name = "health", description = "Liveness"),
+        (name = "admin", description = "For the addresses in ADMIN_EMAILS"),
     )
 )]
 struct ApiDoc;
@@ -125,6 +129,7 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(chat::router())
         .merge(feedback::router())
+        .merge(admin::router())
         .merge(health::router());
     if let Some(RouteLimits { state }) = limits {
         let config = &state.config;

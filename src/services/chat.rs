@@ -95,7 +95,7 @@ impl From<&Passage> for Source {
 }
 
 /// Stored sources as they go out; `[]` when none were stored.
-fn sources_json(stored: Option<&str>) -> Option<Box<RawValue>> {
+pub(crate) fn sources_json(stored: Option<&str>) -> Option<Box<RawValue>> {
     let empty = || RawValue::from_string("[]".to_string()).ok();
     match stored {
         Some(text) => RawValue::from_string(text.to_string()).ok().or_else(empty),

@@ -5,5 +5,6 @@ pub mod auth;
 pub mod chat;
 pub mod guardrails;
 pub mod knowledge;
+pub mod operator;
 pub mod prompt;
 pub mod stream_limits;

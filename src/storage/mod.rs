@@ -9,6 +9,7 @@
 //! writes queued together at once ([`writer`]).
 
 pub mod conversations;
+pub mod feedback;
 pub mod knowledge;
 pub mod legacy;
 pub mod messages;

@@ -198,3 +198,80 @@ async fn feedback_follows_the_conversations_access_rules_and_rejects_bad_input()
     assert_eq!(history["messages"][1]["feedback"]["rating"], "down");
     assert!(history["messages"][0].get("feedback").is_none());
 }
+
+#[tokio::test]
+async fn admins_list_rated_answers_with_their_questions_newest_first() {
+    let app = crate::helpers::spawn_app_with(&[("ADMIN_EMAILS", "Admin@Example.com")]).await;
+    let (admin, _) = app.signup("admin@example.com").await;
+    let (user, _) = app.signup("customer@example.com").await;
+    let (_, _, first) = answered(&app, Some(&user)).await;
+    let (_, _, second) = answered(&app, None).await;
+    app.post(
+        &path(first),
+        &json!({"rating": "down", "reason": "Too vague"}),
+        Some(&user),
+    )
+    .await
+    .expect(200);
+    app.post(&path(second), &json!({"rating": "up"}), None)
+        .await
+        .expect(200);
+
+    let list = app
+        .get("/api/admin/feedback", Some(&admin))
+        .await
+        .expect(200)
+        .clone();
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{list}");
+    assert_eq!(
+        (list["limit"].clone(), list["offset"].clone()),
+        (json!(50), json!(0))
+    );
+    // Newest rating first.
+    assert_eq!(items[0]["message_id"], second);
+    assert_eq!(items[1]["message_id"], first);
+    let down = &items[1];
+    assert_eq!(down["question"], "How do I freeze my card?");
+    assert_eq!(down["rating"], "down");
+    assert_eq!(down["reason"], "Too vague");
+    assert!(
+        down["answer"]
+            .as_str()
+            .is_some_and(|answer| !answer.is_empty())
+    );
+    assert!(down["sources"].is_array(), "{down}");
+    assert!(down["rated_at"].is_string(), "{down}");
+
+    let downs = app
+        .get("/api/admin/feedback?rating=down", Some(&admin))
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(downs["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(downs["items"][0]["message_id"], first);
+    let page = app
+        .get("/api/admin/feedback?limit=1&offset=1", Some(&admin))
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["items"][0]["message_id"], first);
+
+    // Not an admin, not signed in, bad paging.
+    app.get("/api/admin/feedback", Some(&user))
+        .await
+        .expect(403);
+    app.get("/api/admin/feedback", None).await.expect(401);
+    for query in [
+        "rating=meh",
+        "limit=201",
+        "limit=-1",
+        "offset=-1",
+        "limit=abc",
+    ] {
+        app.get(&format!("/api/admin/feedback?{query}"), Some(&admin))
+            .await
+            .expect(422);
+    }
+}
