@@ -125,19 +125,9 @@ impl RetrievalClient {
         })
     }
 
-    /// Top passages for `text`. Never fails the chat turn: any problem is
-    /// logged and answered with no passages.
-    pub async fn search(&self, text: &str) -> Vec<Passage> {
-        match self.try_search(text).await {
-            Ok(passages) => passages,
-            Err(err) => {
-                tracing::warn!(error = %err, "retrieval failed; answering without context");
-                Vec::new()
-            }
-        }
-    }
-
-    pub async fn try_search(&self, text: &str) -> Result<Vec<Passage>, String> {
+    /// Top passages for `text`; the caller decides what a failure means
+    /// for the turn (`Retrieval` answers without context).
+    pub async fn search(&self, text: &str) -> Result<Vec<Passage>, String> {
         let body = SearchRequest {
             query: SearchQuery {
                 inputs: SearchInputs { text },

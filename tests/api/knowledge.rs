@@ -113,6 +113,18 @@ async fn stats(dir: &Path, url: &str) -> Value {
     serde_json::from_str(stdout.trim()).expect("stats JSON")
 }
 
+/// Each question's best hit is the expected record.
+async fn assert_first_hits(dir: &Path, url: &str, cases: &[(&str, &str)]) {
+    for (question, expected) in cases {
+        let hits = search(dir, url, question).await;
+        assert_eq!(
+            hits.first().map(|hit| hit["id"].clone()),
+            Some(json!(expected)),
+            "{question}: {hits:?}"
+        );
+    }
+}
+
 async fn search(dir: &Path, url: &str, query: &str) -> Vec<Value> {
     let (ok, stdout, stderr) = kb(dir, url, &["search", query, "--json"]).await;
     assert!(ok, "{stderr}");
@@ -408,21 +420,19 @@ async fn the_shipped_sample_ingests_cleanly_and_finds_a_newcomers_first_question
     let (ok, _, stderr) = kb(scratch.path(), &url, &["ingest", sample]).await;
     assert!(ok, "{stderr}");
     assert!(stderr.contains("0 bad rows"), "{stderr}");
-    for (question, expected) in [
-        ("my card was stolen, what do I do?", "faq-cards-lost"),
-        (
-            "what fees do I pay using my card abroad?",
-            "faq-fees-abroad",
-        ),
-        ("whats the contactless limit", "faq-cards-contactless"),
-    ] {
-        let hits = search(scratch.path(), &url, question).await;
-        assert_eq!(
-            hits.first().map(|hit| hit["id"].clone()),
-            Some(json!(expected)),
-            "{question}: {hits:?}"
-        );
-    }
+    assert_first_hits(
+        scratch.path(),
+        &url,
+        &[
+            ("my card was stolen, what do I do?", "faq-cards-lost"),
+            (
+                "what fees do I pay using my card abroad?",
+                "faq-fees-abroad",
+            ),
+            ("whats the contactless limit", "faq-cards-contactless"),
+        ],
+    )
+    .await;
     let hits = search(
         scratch.path(),
         &url,
@@ -466,18 +476,16 @@ async fn synonyms_and_typos_find_records_worded_differently() {
 
     // "lock" is in the built-in group of "freeze"; "abraod" is one
     // transposition from "abroad"; "PINN" one letter from "pin".
-    for (question, expected) in [
-        ("can I lock my card", "faq-cards-freeze"),
-        ("what does paying abraod cost", "faq-fees-abroad"),
-        ("I forgot my PINN", "faq-pin"),
-    ] {
-        let hits = search(scratch.path(), &url, question).await;
-        assert_eq!(
-            hits.first().map(|hit| hit["id"].clone()),
-            Some(json!(expected)),
-            "{question}: {hits:?}"
-        );
-    }
+    assert_first_hits(
+        scratch.path(),
+        &url,
+        &[
+            ("can I lock my card", "faq-cards-freeze"),
+            ("what does paying abraod cost", "faq-fees-abroad"),
+            ("I forgot my PINN", "faq-pin"),
+        ],
+    )
+    .await;
 
     // Without synonyms "lock" is a word no record has: the freeze record
     // covers less of the question.

@@ -262,20 +262,8 @@ pub async fn run_on_fresh_postgres(
     name: &str,
     shape: &Shape,
 ) -> Result<AdoptionRun, String> {
-    let mut admin = sqlx::PgConnection::connect(server_url)
-        .await
-        .map_err(|err| format!("connect {server_url}: {err}"))?;
-    let create = format!("CREATE DATABASE {name}");
-    sqlx::raw_sql(&create)
-        .execute(&mut admin)
-        .await
-        .map_err(|err| format!("{create}: {err}"))?;
-    let mut url = url::Url::parse(server_url).map_err(|err| format!("--postgres: {err}"))?;
-    url.set_path(name);
-    let result = run(binary, workdir, "postgres", url.as_str(), shape).await;
-    let drop = format!("DROP DATABASE IF EXISTS {name}");
-    if let Err(err) = sqlx::raw_sql(&drop).execute(&mut admin).await {
-        eprintln!("warning: {drop}: {err}");
-    }
-    result
+    crate::postgres::with_fresh_database(server_url, name, async |url| {
+        run(binary, workdir, "postgres", &url, shape).await
+    })
+    .await
 }

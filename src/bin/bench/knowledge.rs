@@ -12,7 +12,6 @@ use eloquent::services::knowledge::local::LocalSearch;
 use eloquent::services::knowledge::synonyms::BUILT_IN;
 use eloquent::storage::{Database, PoolSettings};
 use hdrhistogram::Histogram;
-use sqlx::Connection as _;
 
 /// Topic words records are built from (a support site's vocabulary), plus a
 /// long tail of rarer generated words, as real documentation has.
@@ -238,22 +237,11 @@ pub async fn run(
     let mut backends = vec![time_backend(binary, dir, "SQLite", &url, &file, &queries).await?];
     if let Some(server) = postgres {
         let name = format!("eloquent_bench_kb_{}", std::process::id());
-        let mut admin = sqlx::PgConnection::connect(server)
-            .await
-            .map_err(|err| format!("connect {server}: {err}"))?;
-        let create = format!("CREATE DATABASE {name}");
-        sqlx::raw_sql(&create)
-            .execute(&mut admin)
-            .await
-            .map_err(|err| format!("{create}: {err}"))?;
-        let mut url = url::Url::parse(server).map_err(|err| format!("--postgres: {err}"))?;
-        url.set_path(&name);
-        let result = time_backend(binary, dir, "PostgreSQL", url.as_str(), &file, &queries).await;
-        let drop = format!("DROP DATABASE IF EXISTS {name}");
-        if let Err(err) = sqlx::raw_sql(&drop).execute(&mut admin).await {
-            eprintln!("warning: {drop}: {err}");
-        }
-        backends.push(result?);
+        let run = crate::postgres::with_fresh_database(server, &name, async |url| {
+            time_backend(binary, dir, "PostgreSQL", &url, &file, &queries).await
+        })
+        .await?;
+        backends.push(run);
     }
     let quality = evaluate(binary, dir).await?;
     Ok(KnowledgeRun {

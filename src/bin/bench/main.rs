@@ -13,6 +13,7 @@ mod adoption;
 mod fake;
 mod knowledge;
 mod load;
+mod postgres;
 mod report;
 mod sections;
 mod server;

@@ -68,7 +68,7 @@ impl Retrieval {
     /// [`Retrieval::search`], and whether the search failed.
     pub async fn search_reporting(&self, text: &str) -> (Vec<Passage>, bool) {
         let (mut passages, failed) = match &self.retriever {
-            Retriever::Pinecone(client) => match client.try_search(text).await {
+            Retriever::Pinecone(client) => match client.search(text).await {
                 Ok(passages) => (passages, false),
                 Err(reason) => {
                     tracing::warn!(error = %reason, "retrieval failed; answering without context");
