@@ -260,6 +260,9 @@ async fn ingest_paths(destination: Destination<'_>, paths: &[PathBuf]) -> Result
             report.removed += removed;
         }
     }
+    ingest::finish(destination)
+        .await
+        .map_err(|err| err.to_string())?;
     eprintln!("ingested {report}");
     Ok(if report.records == 0 {
         ExitCode::FAILURE

@@ -204,6 +204,14 @@ async fn write_local(
     })
 }
 
+/// Ends an ingestion run: the local tables' planner statistics refreshed.
+pub async fn finish(destination: Destination<'_>) -> Result<(), IngestError> {
+    if let Destination::Local { db, .. } = destination {
+        knowledge::analyze(db).await?;
+    }
+    Ok(())
+}
+
 /// With `--replace`, the sources under the folders of `paths` that are no
 /// longer among `files` (deleted, renamed, or no longer a knowledge-base
 /// type) lose their records; returns (source, records removed) for each.
