@@ -12,12 +12,16 @@ WORKDIR /app
 
 # Dependencies first, with placeholder sources: editing src/ then rebuilds
 # only this crate, not the few hundred dependencies.
+# The bench (bench/) is a workspace member: its manifest must be there for
+# cargo to read the workspace, but only the server (`-p eloquent`) is built.
 COPY Cargo.toml Cargo.lock ./
+COPY bench/Cargo.toml ./bench/Cargo.toml
 COPY .cargo ./.cargo
-RUN mkdir src \
+RUN mkdir src bench/src \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p eloquent \
     && rm -rf src
 
 # migrations/ is embedded into the binary at compile time (sqlx::migrate!).
@@ -26,7 +30,7 @@ COPY src ./src
 # COPY keeps the files' old timestamps: make sure cargo sees them as newer
 # than the placeholder build.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin eloquent \
+    && cargo build --release --locked -p eloquent --bin eloquent \
     && cp target/release/eloquent /usr/local/bin/eloquent
 
 # ---------------------------------------------------------------- runtime

@@ -58,7 +58,7 @@ pub fn stale_sources(server: &Path) -> Vec<PathBuf> {
     let Ok(built) = std::fs::metadata(server).and_then(|meta| meta.modified()) else {
         return Vec::new();
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(crate::ROOT);
     let mut newer = Vec::new();
     let mut dirs = vec![root.join("src"), root.join("migrations")];
     while let Some(dir) = dirs.pop() {

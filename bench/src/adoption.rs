@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, QueryBuilder};
 
-const SCHEMA_SQLITE: &str = include_str!("../../../tests/api/fixtures/python_schema_sqlite.sql");
-const SCHEMA_POSTGRES: &str =
-    include_str!("../../../tests/api/fixtures/python_schema_postgres.sql");
+const SCHEMA_SQLITE: &str = include_str!("../../tests/api/fixtures/python_schema_sqlite.sql");
+const SCHEMA_POSTGRES: &str = include_str!("../../tests/api/fixtures/python_schema_postgres.sql");
 
 /// A bcrypt hash as Python's bcrypt wrote them (cost 12).
 const HASH: &str = "$2b$12$FQxrsow4Tf/KgBLnjre1Gu5a6nh0F0YKY8lByhM/ne6SEjOuRGp9W";

@@ -311,7 +311,7 @@ async fn time_backend(
 /// record is among the top 3 hits (hit@3); off-topic ones when no hit
 /// clears the minimum (the turn is ungrounded).
 async fn evaluate(binary: &Path, dir: &Path) -> Result<Quality, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(crate::ROOT);
     let db_path = dir.join("kb-eval.db");
     let url = format!("sqlite:///{}", db_path.display());
     run_ingest(binary, dir, &url, &root.join("kb/sample")).await?;

@@ -1,6 +1,7 @@
 //! `bench`: the benchmark harness behind `BENCHMARKS.md`.
 //!
-//! Starts the release server binary (`eloquent`, next to this one) as its
+//! Starts the release server binary (`eloquent`, next to this one in the
+//! workspace's target directory) as its
 //! own process on a fresh SQLite database, a fake OpenAI + Pinecone upstream
 //! and a load generator (both inside this process), all on loopback; runs
 //! the sections; prints the markdown tables and writes `BENCHMARKS.md`.
@@ -17,6 +18,9 @@ mod postgres;
 mod report;
 mod sections;
 mod server;
+
+/// The repository root: the server crate, whose workspace this crate is in.
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -440,7 +444,7 @@ async fn run(options: Options) -> Result<(), String> {
         (_, true) => None,
         (Some(path), false) => Some(path.clone()),
         (None, false) if all_sections && !options.quick => {
-            Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"))
+            Some(PathBuf::from(crate::ROOT).join("BENCHMARKS.md"))
         }
         (None, false) => None,
     };

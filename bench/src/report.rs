@@ -172,7 +172,7 @@ pub fn render(results: &Results) -> String {
     let _ = writeln!(w, "# Benchmarks\n");
     let _ = writeln!(
         w,
-        "Measured by the `bench` binary (`src/bin/bench/`){}. Reproduce with\n\n```sh\n{}\n```\n",
+        "Measured by the `bench` binary (`bench/`){}. Reproduce with\n\n```sh\n{}\n```\n",
         if results.quick {
             " in `--quick` mode (short runs: indicative only)"
         } else {
