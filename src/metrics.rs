@@ -275,6 +275,7 @@ impl Metrics {
             turns: self.turns.clone(),
             streams: self.streams.clone(),
             outcome: None,
+            ttft: None,
         }
     }
 
@@ -305,15 +306,23 @@ pub struct TurnMeter {
     turns: Family<TurnLabels, Counter>,
     streams: Gauge,
     outcome: Option<&'static str>,
+    ttft: Option<Duration>,
 }
 
 impl TurnMeter {
     /// A delta went out.
     pub fn token(&mut self) {
         if let Some(first) = self.first_token.take() {
-            first.observe(self.started.elapsed().as_secs_f64());
+            let ttft = self.started.elapsed();
+            first.observe(ttft.as_secs_f64());
+            self.ttft = Some(ttft);
         }
         self.tokens.inc();
+    }
+
+    /// From the turn's start to its first token, once there was one.
+    pub fn ttft(&self) -> Option<Duration> {
+        self.ttft
     }
 
     /// How the turn ended: `completed`, `upstream_error`, `timeout`,

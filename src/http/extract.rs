@@ -2,8 +2,8 @@
 //! and the two auth extractors.
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, RawPathParams, Request};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
@@ -158,16 +158,24 @@ where
 {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(value)| ApiQuery(value))
-            .map_err(|rejection: QueryRejection| {
-                AppError::Validation(vec![FieldError::new(
-                    &["query"],
-                    rejection.body_text(),
-                    "value_error",
-                )])
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        // axum's `Query` with the failing field's path kept (it folds it
+        // into one message): `loc` names the parameter, as for bodies.
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(pairs)
+            .map(ApiQuery)
+            .map_err(|err| {
+                let mut loc = vec!["query".to_string()];
+                let path = err.path().to_string();
+                if path != "." {
+                    loc.push(path);
+                }
+                AppError::Validation(vec![FieldError {
+                    loc,
+                    msg: err.into_inner().to_string(),
+                    kind: "value_error".to_string(),
+                }])
             })
     }
 }

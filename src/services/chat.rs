@@ -20,11 +20,12 @@ use tokio_util::task::TaskTracker;
 use crate::clients::model::{ModelClient, ModelError, TokenStream};
 use crate::clients::retrieval::Passage;
 use crate::error::AppError;
-use crate::metrics::{Metrics, TurnMeter};
+use crate::metrics::Metrics;
 use crate::services::guardrails::{self, Verdict};
 use crate::services::knowledge::retrieve::Retrieval;
 use crate::services::prompt;
 use crate::services::stream_limits::{StreamLimits, StreamSlot};
+use crate::services::turn_log::{TurnEntry, TurnLog, TurnTally};
 use crate::storage::Database;
 use crate::storage::conversations::{self, ConversationRecord};
 use crate::storage::messages::{self, MessageRecord, NewMessage, Role};
@@ -310,6 +311,8 @@ pub struct ChatService {
     metrics: Arc<Metrics>,
     /// Stores of partial answers outlive their stream; shutdown waits for them.
     tasks: TaskTracker,
+    /// One row per ended turn, for the admin analytics.
+    turn_log: TurnLog,
     /// Histories recently read, checked against the stored message count.
     histories: Arc<HistoryCache>,
 }
@@ -334,6 +337,7 @@ impl ChatService {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            turn_log: TurnLog::new(db.clone(), tasks.clone()),
             metrics,
             db,
             model,
@@ -379,6 +383,7 @@ impl ChatService {
     /// Runs a turn up to the first model token.
     pub async fn start_turn(&self, request: TurnRequest) -> Result<TurnOutcome, AppError> {
         let started = Instant::now();
+        let entry = TurnEntry::begin(request.caller, request.transport);
         let transport = request.transport.as_str();
         let model = self.model.as_ref().ok_or(AppError::ModelNotConfigured)?;
         let message = self.validate_message(&request.message)?;
@@ -403,6 +408,12 @@ impl ChatService {
                 };
                 messages::insert(&self.db, refusal).await?;
                 self.metrics.turn_ended(transport, "refused");
+                self.turn_log.record(
+                    entry.in_conversation(conversation_id),
+                    "refused",
+                    Some(reason.code()),
+                    None,
+                );
                 return Ok(TurnOutcome::Refused(self.view(conversation_id).await?.view));
             }
             Verdict::Allow { redacted } => redacted,
@@ -435,6 +446,9 @@ impl ChatService {
         let ((conversation_id, history), passages) =
             tokio::try_join!(conversation_and_history, search)?;
         let grounding = Grounding::of(&passages);
+        let entry = entry
+            .in_conversation(conversation_id)
+            .retrieved(grounding.grounded, &redacted);
         let turn = prompt::user_turn(&redacted, &prompt::context_block(&passages));
         let user_message = NewMessage {
             conversation_id,
@@ -458,7 +472,11 @@ impl ChatService {
                     tokens,
                     slot,
                     grounding,
-                    self.metrics.stream_started(transport, started, false),
+                    TurnTally::new(
+                        self.metrics.stream_started(transport, started, false),
+                        entry,
+                        self.turn_log.clone(),
+                    ),
                 )),
             }));
         }
@@ -472,14 +490,21 @@ impl ChatService {
             model.stream_chat(&prompt_messages)
         );
         stored?;
-        let tokens = tokens.map_err(|err| {
-            self.metrics.upstream_error(error_kind(&err));
-            self.metrics.turn_ended(transport, turn_outcome(&err));
-            upstream_error(conversation_id, err)
-        })?;
-        let meter = self
-            .metrics
-            .stream_started(transport, started, grounding.grounded);
+        let tokens = match tokens {
+            Ok(tokens) => tokens,
+            Err(err) => {
+                self.metrics.upstream_error(error_kind(&err));
+                self.metrics.turn_ended(transport, turn_outcome(&err));
+                self.turn_log.record(entry, turn_outcome(&err), None, None);
+                return Err(upstream_error(conversation_id, err));
+            }
+        };
+        let meter = TurnTally::new(
+            self.metrics
+                .stream_started(transport, started, grounding.grounded),
+            entry,
+            self.turn_log.clone(),
+        );
         Ok(TurnOutcome::Streaming(ReplyStream {
             conversation_id,
             events: Box::pin(self.clone().reply_events(
@@ -498,7 +523,7 @@ impl ChatService {
         mut tokens: TokenStream,
         slot: StreamSlot,
         grounding: Grounding,
-        mut meter: TurnMeter,
+        mut meter: TurnTally,
     ) -> impl Stream<Item = ReplyEvent> + Send {
         async_stream::stream! {
             let _slot = slot;

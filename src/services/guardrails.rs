@@ -13,6 +13,14 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    /// The reason's code in the turn log and the admin analytics.
+    pub fn code(self) -> &'static str {
+        match self {
+            RefusalReason::PromptInjection => "prompt_injection",
+            RefusalReason::Secret => "secret",
+        }
+    }
+
     /// Friendly refusal sentence shown to the user.
     pub fn message(self) -> &'static str {
         match self {

@@ -8,3 +8,4 @@ pub mod knowledge;
 pub mod operator;
 pub mod prompt;
 pub mod stream_limits;
+pub mod turn_log;

@@ -48,3 +48,25 @@ pub async fn list(
             .await
     })
 }
+
+/// How many answers were rated up and down in `[from, to)` (by when the
+/// rating was given; a replaced rating counts once, as it is now).
+pub async fn counts(
+    db: &Database,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(i64, i64), sqlx::Error> {
+    // Two ranges of messages_feedback_idx (rating, feedback_at).
+    const SQL: &str = "SELECT \
+         (SELECT COUNT(*) FROM messages WHERE feedback_rating = 'up' \
+          AND feedback_at >= $1 AND feedback_at < $2), \
+         (SELECT COUNT(*) FROM messages WHERE feedback_rating = 'down' \
+          AND feedback_at >= $1 AND feedback_at < $2)";
+    on_reader!(db, conn => {
+        sqlx::query_as::<_, (i64, i64)>(SQL)
+            .bind(from)
+            .bind(to)
+            .fetch_one(conn)
+            .await
+    })
+}

@@ -14,6 +14,7 @@ pub mod knowledge;
 pub mod legacy;
 pub mod messages;
 pub(crate) mod readers;
+pub mod turns;
 pub mod users;
 pub(crate) mod writer;
 

@@ -3,6 +3,7 @@
 mod fakes;
 mod helpers;
 
+mod analytics;
 mod auth;
 mod basics;
 mod battery;
