@@ -117,10 +117,29 @@ pub struct Application {
     tasks: TaskTracker,
 }
 
+/// Planner statistics now and every hour (`Database::optimize`); a failure
+/// is a warning: queries still answer, only perhaps slower.
+fn keep_statistics(db: Database, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Err(err) = db.optimize().await {
+                tracing::warn!(error = %err, "refreshing the planner statistics failed");
+            }
+        }
+    });
+}
+
 impl Application {
     /// Connects, migrates, builds the clients and binds the listener (port 0 = any).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let db = open_database(&config).await?;
+        let shutdown = CancellationToken::new();
+        keep_statistics(db.clone(), shutdown.clone());
         let model = ModelClient::new(&config.model)?;
         if model.is_none() {
             tracing::warn!(
@@ -178,7 +197,7 @@ impl Application {
             config: Arc::new(config),
             auth,
             chat,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: tasks.clone(),
             metrics,
             operator: OperatorService::new(db.clone()),

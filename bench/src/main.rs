@@ -11,6 +11,7 @@
 //! ```
 
 mod adoption;
+mod analytics;
 mod fake;
 mod knowledge;
 mod load;
@@ -41,11 +42,13 @@ usage: cargo run --release --bin bench -- [options]
                          4 login flood     5 prompt cost                 6 memory
                          7 upgrading in place (adopting a Python-service database)
                          8 local knowledge base (ingest and search 50,000 records)
+                         9 admin analytics over 1,000,000 messages
   --adoption-messages N  messages in section 7's generated database (default 100000)
   --kb-records N       serve with RETRIEVAL_BACKEND=local on a knowledge base of N generated
                          records (ingested before the server starts) instead of the fake
                          Pinecone: sections 1-3 then include local retrieval
-  --postgres URL       also run section 7 on PostgreSQL: a server URL whose user may
+  --analytics-messages N  messages in section 9's generated database (default 1000000)
+  --postgres URL       also run sections 7-9 on PostgreSQL: a server URL whose user may
                          create databases (the bench creates and drops its own)
   --streams LIST       stream counts for section 3 at 100 ms/token (default 5000,10000)
   --tokens N           tokens per answer in section 3 (default 100)
@@ -67,6 +70,7 @@ struct Options {
     server_env: Vec<(String, String)>,
     upstream_h2: bool,
     adoption_messages: i64,
+    analytics_messages: i64,
     kb_records: usize,
     postgres: Option<String>,
     out: Option<PathBuf>,
@@ -76,12 +80,13 @@ struct Options {
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         quick: false,
-        sections: (1..=8).collect(),
+        sections: (1..=9).collect(),
         streams: vec![5000, 10_000],
         tokens: 100,
         server_env: Vec::new(),
         upstream_h2: true,
         adoption_messages: 100_000,
+        analytics_messages: 1_000_000,
         kb_records: 0,
         postgres: None,
         out: None,
@@ -97,7 +102,7 @@ fn parse_args() -> Result<Options, String> {
                 let list = value("--sections")?;
                 options.sections = list
                     .split(',')
-                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=8).contains(n)))
+                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=9).contains(n)))
                     .collect::<Option<_>>()
                     .ok_or(format!("--sections: bad list {list:?}"))?;
                 options.sections.insert(6);
@@ -137,6 +142,13 @@ fn parse_args() -> Result<Options, String> {
                     .ok()
                     .filter(|n| *n >= 10)
                     .ok_or("--adoption-messages: expected a number of at least 10")?;
+            }
+            "--analytics-messages" => {
+                options.analytics_messages = value("--analytics-messages")?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 10)
+                    .ok_or("--analytics-messages: expected a number of at least 10")?;
             }
             "--postgres" => options.postgres = Some(value("--postgres")?),
             "--kb-records" => {
@@ -436,10 +448,32 @@ async fn run(options: Options) -> Result<(), String> {
         }
         results.knowledge = Some(run);
     }
+    if options.sections.contains(&9) {
+        println!("section 9: admin analytics");
+        let messages = if options.quick {
+            options.analytics_messages.min(100_000)
+        } else {
+            options.analytics_messages
+        };
+        let runs = analytics::run(&dir, messages, options.postgres.as_deref()).await?;
+        for run in &runs {
+            for (period, turns, latency) in &run.periods {
+                println!(
+                    "  {}: {} messages (filled in {:?}), {period}: {turns} turns, p50 {} µs, max {} µs",
+                    run.backend,
+                    run.messages,
+                    run.fill,
+                    latency.value_at_quantile(0.5),
+                    latency.max()
+                );
+            }
+        }
+        results.analytics = runs;
+    }
     results.elapsed = started.elapsed();
     let markdown = report::render(&results);
     println!("\n{markdown}");
-    let all_sections = options.sections.len() == 8;
+    let all_sections = options.sections.len() == 9;
     let out = match (&options.out, options.no_write) {
         (_, true) => None,
         (Some(path), false) => Some(path.clone()),

@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS turns (
     question        TEXT,
     question_key    TEXT
 );
--- The counts of a period in one pass over this index alone.
+-- The counts of a period in one pass over this index alone (SQLite has
+-- two indexes leading with the grouped columns instead: it sorts groups, it
+-- does not hash them).
 CREATE INDEX IF NOT EXISTS turns_period_idx
     ON turns (started_ms, outcome, refusal_reason, grounded, user_id, ttft_ms);
 -- Distinct signed-in users of a period: one probe per user.

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::error::AppError;
 use crate::services::chat::{Source, sources_json};
-use crate::storage::turns::{self, TurnGroup};
+use crate::storage::turns::{self, OutcomeCount};
 use crate::storage::{Database, feedback};
 
 /// Most items a page of the feedback list holds.
@@ -102,7 +102,7 @@ impl OperatorService {
     }
 
     /// The analytics of `[from, to)`, with the `top` most frequent
-    /// ungrounded questions. Four queries, run at once on reader connections.
+    /// ungrounded questions. Five queries, run at once on reader connections.
     pub async fn analytics(
         &self,
         from: DateTime<Utc>,
@@ -111,13 +111,16 @@ impl OperatorService {
     ) -> Result<Analytics, AppError> {
         let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
         let top = top.clamp(0, MAX_TOP_QUESTIONS);
-        let (groups, users, questions, (up, down)) = tokio::try_join!(
-            turns::groups(&self.db, from_ms, to_ms),
+        let (outcomes, ttft, users, questions, (up, down)) = tokio::try_join!(
+            turns::outcomes(&self.db, from_ms, to_ms),
+            turns::ttft_distribution(&self.db, from_ms, to_ms),
             turns::active_users(&self.db, from_ms, to_ms),
             turns::top_ungrounded(&self.db, from_ms, to_ms, top),
             feedback::counts(&self.db, from, to),
         )?;
-        Ok(summarize(from, to, &groups, users, questions, up, down))
+        Ok(summarize(
+            from, to, &outcomes, &ttft, users, questions, up, down,
+        ))
     }
 
     /// Rated answers, newest rating first; `rating` `up`, `down` or both.
@@ -145,10 +148,12 @@ impl OperatorService {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn summarize(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    groups: &[TurnGroup],
+    counts: &[OutcomeCount],
+    ttft: &[(i64, i64)],
     users: i64,
     questions: Vec<turns::AskedQuestion>,
     up: i64,
@@ -158,27 +163,19 @@ fn summarize(
     let (mut total, mut anonymous, mut retrieved, mut ungrounded) = (0, 0, 0, 0);
     let mut outcomes = BTreeMap::new();
     let mut refusals = BTreeMap::new();
-    let mut ttft = BTreeMap::new();
-    for group in groups {
-        total += group.turns;
-        if group.anonymous {
-            anonymous += group.turns;
+    for count in counts {
+        total += count.turns;
+        anonymous += count.anonymous;
+        retrieved += count.retrieved;
+        ungrounded += count.ungrounded;
+        *outcomes.entry(count.outcome.clone()).or_insert(0) += count.turns;
+        if let Some(reason) = &count.refusal_reason {
+            *refusals.entry(reason.clone()).or_insert(0) += count.turns;
         }
-        match group.grounded {
-            Some(true) => retrieved += group.turns,
-            Some(false) => {
-                retrieved += group.turns;
-                ungrounded += group.turns;
-            }
-            None => {}
-        }
-        *outcomes.entry(group.outcome.clone()).or_insert(0) += group.turns;
-        if let Some(reason) = &group.refusal_reason {
-            *refusals.entry(reason.clone()).or_insert(0) += group.turns;
-        }
-        if let Some(ms) = group.ttft_ms {
-            *ttft.entry(ms).or_insert(0) += group.turns;
-        }
+    }
+    let mut distribution = BTreeMap::new();
+    for &(ms, turns) in ttft {
+        *distribution.entry(ms).or_insert(0) += turns;
     }
     Analytics {
         from,
@@ -192,7 +189,7 @@ fn summarize(
         ungrounded_turns: ungrounded,
         ungrounded_share: share(ungrounded, retrieved),
         feedback: FeedbackCounts { up, down },
-        ttft_ms: percentiles(&ttft),
+        ttft_ms: percentiles(&distribution),
         top_ungrounded_questions: questions
             .into_iter()
             .map(|asked| QuestionCount {

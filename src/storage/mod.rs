@@ -255,6 +255,22 @@ impl Database {
     }
 
     /// Applies the pending migrations of the live backend.
+    /// Refreshes SQLite's planner statistics where they are missing or
+    /// stale (`PRAGMA optimize`, at most 1,000 rows read per index): the
+    /// analytics queries need them to skip-scan (see migration 0009).
+    /// PostgreSQL's autovacuum does this by itself.
+    pub async fn optimize(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::raw_sql("PRAGMA analysis_limit = 1000; PRAGMA optimize = 0x10002;")
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+            }
+            Self::Postgres(_) => Ok(()),
+        }
+    }
+
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {
             Self::Sqlite(pool) => {

@@ -45,33 +45,52 @@ pub async fn insert(db: &Database, turn: NewTurn) -> Result<(), sqlx::Error> {
     })
 }
 
-/// The turns of a period sharing one combination of these values.
+/// The turns of a period that ended one way (and, when refused, for one
+/// reason), with how many of them were anonymous and how many retrieval
+/// ran for and left ungrounded.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TurnGroup {
+pub struct OutcomeCount {
     pub outcome: String,
     pub refusal_reason: Option<String>,
-    pub grounded: Option<bool>,
-    pub anonymous: bool,
-    pub ttft_ms: Option<i64>,
     pub turns: i64,
+    pub anonymous: i64,
+    pub retrieved: i64,
+    pub ungrounded: i64,
 }
 
-/// The turns started in `[from_ms, to_ms)`, grouped: everything but the
-/// distinct users and the questions, in one pass over `turns_period_idx`.
-/// Grouping by the time to first token keeps its exact distribution (a few
-/// thousand distinct milliseconds at most), from which the caller takes
-/// percentiles.
-pub async fn groups(
+/// The turns started in `[from_ms, to_ms)` by outcome and refusal reason.
+pub async fn outcomes(
     db: &Database,
     from_ms: i64,
     to_ms: i64,
-) -> Result<Vec<TurnGroup>, sqlx::Error> {
-    const SQL: &str = "SELECT outcome, refusal_reason, grounded, \
-         (user_id IS NULL) AS anonymous, ttft_ms, COUNT(*) AS turns \
+) -> Result<Vec<OutcomeCount>, sqlx::Error> {
+    const SQL: &str = "SELECT outcome, refusal_reason, COUNT(*) AS turns, \
+         SUM(CASE WHEN user_id IS NULL THEN 1 ELSE 0 END) AS anonymous, \
+         SUM(CASE WHEN grounded IS NOT NULL THEN 1 ELSE 0 END) AS retrieved, \
+         SUM(CASE WHEN NOT grounded THEN 1 ELSE 0 END) AS ungrounded \
          FROM turns WHERE started_ms >= $1 AND started_ms < $2 \
-         GROUP BY outcome, refusal_reason, grounded, (user_id IS NULL), ttft_ms";
+         GROUP BY outcome, refusal_reason";
     on_reader!(db, conn => {
-        sqlx::query_as::<_, TurnGroup>(SQL)
+        sqlx::query_as::<_, OutcomeCount>(SQL)
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_all(conn)
+            .await
+    })
+}
+
+/// The times to first token of the turns started in `[from_ms, to_ms)`:
+/// (milliseconds, how many turns took that long), exact (a few thousand
+/// distinct values at most), for the caller's percentiles.
+pub async fn ttft_distribution(
+    db: &Database,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    const SQL: &str = "SELECT ttft_ms, COUNT(*) FROM turns \
+         WHERE ttft_ms IS NOT NULL AND started_ms >= $1 AND started_ms < $2 GROUP BY ttft_ms";
+    on_reader!(db, conn => {
+        sqlx::query_as::<_, (i64, i64)>(SQL)
             .bind(from_ms)
             .bind(to_ms)
             .fetch_all(conn)
