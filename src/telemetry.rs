@@ -1,5 +1,7 @@
 //! Logging setup, installed once per process.
 
+use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::sync::Once;
 
 use tracing_subscriber::EnvFilter;
@@ -24,7 +26,14 @@ fn install(format: LogFormat, to_stderr: bool) {
     INIT.call_once(|| {
         let filter = EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        let terminal = if to_stderr {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(colour(terminal, std::env::var_os("NO_COLOR")));
         let installed = match (format, to_stderr) {
             (LogFormat::Text, false) => builder.try_init(),
             (LogFormat::Json, false) => builder.json().try_init(),
@@ -35,4 +44,24 @@ fn install(format: LogFormat, to_stderr: bool) {
             eprintln!("logging already initialised: {err}");
         }
     });
+}
+
+/// Colour codes only for a person at a terminal: never in a file, a pipe,
+/// Docker's or systemd's log, and never when `NO_COLOR` is set to anything
+/// but the empty string (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<OsString>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsString::new())));
+        assert!(!colour(true, Some(OsString::from("1"))));
+        assert!(!colour(false, None));
+    }
 }

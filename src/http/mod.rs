@@ -7,8 +7,10 @@ pub mod envelope;
 pub mod extract;
 pub mod feedback;
 pub mod health;
+pub mod linger;
 pub mod metrics;
 pub mod rate_limit;
+pub mod redoc;
 pub mod ws;
 
 use std::sync::Arc;
@@ -33,7 +35,6 @@ use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_redoc::{Redoc, Servable};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::{Config, CorsOrigins};
@@ -180,7 +181,7 @@ pub fn app(state: AppState) -> Router {
     let (routes, api) = api_router(Some(limits)).split_for_parts();
     let docs = Router::new()
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api.clone()))
-        .merge(Redoc::with_url("/redoc", api));
+        .merge(redoc::router(api));
     let request_id = HeaderName::from_static("x-request-id");
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -202,6 +203,7 @@ pub fn app(state: AppState) -> Router {
         .layer(security_header(header::X_FRAME_OPTIONS, "DENY"))
         .layer(security_header(header::REFERRER_POLICY, "no-referrer"))
         .layer(cors(&config.cors_allow_origins))
+        .layer(middleware::from_fn(linger::linger_on_refused_body))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     let mut router = Router::new().merge(routes).merge(docs);

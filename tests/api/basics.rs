@@ -102,6 +102,27 @@ async fn openapi_and_docs_are_served_offline() {
         .await
         .expect("get");
     assert_eq!(redoc.status(), 200);
+    // ReDoc too: its script is the binary's, and nothing else is fetched.
+    let page = redoc.text().await.expect("html");
+    assert!(
+        page.contains(r#"<script src="/redoc/redoc.standalone.js">"#),
+        "{page}"
+    );
+    assert!(!page.contains("https://"), "{page}");
+    let script = app
+        .client
+        .get(format!("{}/redoc/redoc.standalone.js", app.address))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(script.status(), 200);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|kind| kind.starts_with("text/javascript"))
+    );
+    let script = script.text().await.expect("script");
+    assert!(script.len() > 500_000 && script.contains("Redoc"));
 }
 
 #[tokio::test]
@@ -209,4 +230,54 @@ async fn forwarded_for_is_ignored_unless_trusted() {
     assert_eq!(attempt(&app, "198.51.100.7, 203.0.113.1").await, 401);
     assert_eq!(attempt(&app, "198.51.100.7, 203.0.113.2").await, 401);
     assert_eq!(attempt(&app, "10.9.9.9, 203.0.113.2").await, 429);
+}
+
+/// What Python's `http.client` does: the whole request, body included, is
+/// written before the answer is read. An oversized body must still get the
+/// 413 envelope, not a reset or a broken pipe.
+#[tokio::test]
+async fn a_client_that_writes_a_whole_oversized_body_before_reading_gets_the_413() {
+    use std::io::{Read, Write};
+    let app = spawn_app().await;
+    let port = app.port;
+    for chunked in [false, true] {
+        let received = tokio::task::spawn_blocking(move || {
+            let mut socket =
+                std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let body = vec![b'x'; 8 * 1024 * 1024];
+            let head = if chunked {
+                "POST /api/chat/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+            } else {
+                format!(
+                    "POST /api/chat/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+            };
+            socket.write_all(head.as_bytes())?;
+            if chunked {
+                for chunk in body.chunks(64 * 1024) {
+                    socket.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+                    socket.write_all(chunk)?;
+                    socket.write_all(b"\r\n")?;
+                }
+                socket.write_all(b"0\r\n\r\n")?;
+            } else {
+                socket.write_all(&body)?;
+            }
+            let mut answer = String::new();
+            socket.read_to_string(&mut answer)?;
+            Ok::<_, std::io::Error>(answer)
+        })
+        .await
+        .expect("join");
+        let answer = received.unwrap_or_else(|err| panic!("chunked {chunked}: {err}"));
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "chunked {chunked}: {answer}"
+        );
+        assert!(
+            answer.contains(r#""status_code":413"#),
+            "chunked {chunked}: {answer}"
+        );
+    }
 }

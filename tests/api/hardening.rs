@@ -322,3 +322,26 @@ async fn wildcard_cors_never_allows_credentials() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_eloquent"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env(
+            "DATABASE_URL",
+            format!("sqlite:///{}", dir.path().join("colour.db").display()),
+        )
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "text")
+        .env_remove("NO_COLOR")
+        .output()
+        .await
+        .expect("run eloquent migrate");
+    assert!(output.status.success(), "{output:?}");
+    let printed = [output.stdout, output.stderr].concat();
+    let printed = String::from_utf8_lossy(&printed);
+    assert!(printed.contains("INFO"), "no log lines: {printed}");
+    assert!(!printed.contains('\u{1b}'), "colour codes: {printed:?}");
+}
