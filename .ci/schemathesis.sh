@@ -235,6 +235,28 @@ if [[ $summary -ne 0 && $status -eq 0 ]]; then
     status=1
 fi
 
+# /metrics after all that traffic, read by the Prometheus project's own
+# Python client (its OpenMetrics parser): it must parse, and have counted
+# the requests and the chat turns.
+if ! curl -sf "$BASE/metrics" -o "$WORK/metrics.txt" \
+    || ! "$VENV/bin/python" - "$WORK/metrics.txt" <<'PY'
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+with open(sys.argv[1], encoding="utf-8") as exposition:
+    families = {family.name: family for family in text_string_to_metric_families(exposition.read())}
+def total(name, suffix="_total"):
+    return sum(s.value for s in families[name].samples if s.name == name + suffix)
+requests, turns = total("eloquent_http_requests"), total("eloquent_chat_turns")
+print(f"/metrics: {len(families)} families parsed by prometheus_client; "
+      f"{requests:.0f} requests and {turns:.0f} chat turns counted")
+sys.exit(0 if requests > 0 and turns > 0 else 1)
+PY
+then
+    echo "/metrics did not parse as OpenMetrics or counted nothing" >&2
+    status=1
+fi
+
 if [[ $status -ne 0 ]]; then
     echo "schemathesis found failures (server log: last lines below)" >&2
     tail -n 40 "$WORK/server.log" >&2 || true

@@ -1,5 +1,8 @@
 //! `GET /metrics`: the exposition, what it counts, and its access rules.
 
+use std::collections::HashMap;
+
+use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
@@ -21,43 +24,48 @@ async fn scrape(app: &TestApp, token: Option<&str>) -> (u16, String, String) {
     (status, content_type, response.text().await.expect("body"))
 }
 
-/// The value of the sample named exactly `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
+
+/// The exposition, read by an OpenMetrics parser (the spec's grammar):
+/// anything it refuses fails the test.
+fn parse(text: &str) -> Exposition {
+    openmetrics_parser::openmetrics::parse_openmetrics(text)
+        .unwrap_or_else(|err| panic!("not OpenMetrics: {err:?}\n{text}"))
 }
 
-/// Every line is a comment (`# TYPE`, `# HELP`, `# UNIT`, `# EOF` last) or
-/// a sample `name{label="value",...} number`, as Prometheus' parser wants.
-fn assert_well_formed(text: &str) {
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
-    for line in &lines {
-        if let Some(comment) = line.strip_prefix("# ") {
-            assert!(
-                ["TYPE ", "HELP ", "UNIT ", "EOF"]
-                    .iter()
-                    .any(|kind| comment.starts_with(kind)),
-                "{line}"
-            );
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("name and value");
-        assert!(value.parse::<f64>().is_ok(), "{line}");
-        let name = series.split('{').next().unwrap_or_default();
-        assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "{line}"
-        );
-        if let Some(labels) = series.strip_prefix(name) {
-            assert!(
-                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
-                "{line}"
-            );
-        }
+/// The value of one series, written as in PromQL: `name{label="value",...}`;
+/// a counter's `_total` and a histogram's `_count` name their family's
+/// total and count.
+fn sample(exposition: &Exposition, series: &str) -> Option<f64> {
+    let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+    let labels: HashMap<&str, &str> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(label, value)| (label, value.trim_matches('"')))
+        .collect();
+    let family = [
+        name,
+        name.trim_end_matches("_total"),
+        name.trim_end_matches("_count"),
+    ]
+    .into_iter()
+    .find_map(|candidate| exposition.families.get(candidate))?;
+    let values: Vec<String> = family
+        .get_label_names()
+        .iter()
+        .map(|label| labels.get(label.as_str()).map(|value| value.to_string()))
+        .collect::<Option<_>>()?;
+    if values.len() != labels.len() {
+        return None;
+    }
+    let sample = family.get_sample_by_label_values(&values)?;
+    match &sample.value {
+        OpenMetricsValue::Counter(counter) => Some(counter.value.as_f64()),
+        OpenMetricsValue::Gauge(value) | OpenMetricsValue::Unknown(value) => Some(value.as_f64()),
+        OpenMetricsValue::Histogram(histogram) => histogram.count.map(|count| count as f64),
+        _ => None,
     }
 }
 
@@ -97,7 +105,12 @@ async fn metrics_count_requests_turns_and_tokens_without_user_data() {
         content_type,
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
-    assert_well_formed(&text);
+    let exposition = parse(&text);
+    // The parser is strict: the same text without its `# EOF` is refused.
+    assert!(
+        openmetrics_parser::openmetrics::parse_openmetrics(text.trim_end_matches("# EOF\n"))
+            .is_err()
+    );
     for (series, expected) in [
         (
             r#"eloquent_chat_turns_total{transport="sse",outcome="completed"}"#,
@@ -134,15 +147,19 @@ async fn metrics_count_requests_turns_and_tokens_without_user_data() {
         ("eloquent_chat_streams_in_progress", 0.0),
         (r#"eloquent_redis_state{state="disabled"}"#, 1.0),
     ] {
-        assert_eq!(sample(&text, series), Some(expected), "{series} in\n{text}");
+        assert_eq!(
+            sample(&exposition, series),
+            Some(expected),
+            "{series} in\n{text}"
+        );
     }
     let tokens = sample(
-        &text,
+        &exposition,
         r#"eloquent_chat_tokens_streamed_total{transport="sse"}"#,
     );
     assert!(tokens.is_some_and(|tokens| tokens >= 1.0), "{text}");
     assert!(
-        sample(&text, r#"eloquent_db_connections{state="idle"}"#).is_some(),
+        sample(&exposition, r#"eloquent_db_connections{state="idle"}"#).is_some(),
         "{text}"
     );
     // No user data in any label: no email, no message text, no ids in paths.
@@ -165,7 +182,7 @@ async fn refusals_by_a_rate_limit_are_counted_by_scope() {
     let (_, _, text) = scrape(&app, None).await;
     assert_eq!(
         sample(
-            &text,
+            &parse(&text),
             r#"eloquent_rate_limited_requests_total{scope="auth"}"#
         ),
         Some(1.0),
@@ -180,7 +197,7 @@ async fn metrics_need_the_token_when_one_is_set() {
     refused(&app, Some("guess"), 403).await;
     let (status, _, text) = scrape(&app, Some("scrape-me")).await;
     assert_eq!(status, 200);
-    assert_well_formed(&text);
+    parse(&text);
 }
 
 #[tokio::test]
