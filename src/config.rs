@@ -202,6 +202,10 @@ pub struct Config {
     pub request_timeout: Duration,
     pub sse_keepalive: Duration,
     pub ws_idle_timeout: Duration,
+    /// How long a turn nobody follows keeps streaming for a client to resume.
+    pub stream_resume_grace: Duration,
+    /// How long an ended turn's events can be replayed.
+    pub stream_replay_ttl: Duration,
     pub log_format: LogFormat,
 }
 
@@ -435,6 +439,16 @@ impl Config {
                 "WS_IDLE_TIMEOUT_SECS",
                 60,
                 1..=3600,
+            )?),
+            stream_resume_grace: Duration::from_secs(env.parse_in(
+                "STREAM_RESUME_GRACE_SECS",
+                30,
+                0..=3600,
+            )?),
+            stream_replay_ttl: Duration::from_secs(env.parse_in(
+                "STREAM_REPLAY_TTL_SECS",
+                300,
+                0..=86_400,
             )?),
             log_format,
         })

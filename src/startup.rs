@@ -17,7 +17,7 @@ use crate::http::{self, AppServices, AppState};
 use crate::metrics::Metrics;
 use crate::services::adoption::{self, AdoptionError, Mode, Outcome};
 use crate::services::auth::AuthService;
-use crate::services::chat::{ChatService, ChatSettings};
+use crate::services::chat::{ChatService, ChatSettings, Lifecycle};
 use crate::services::knowledge::{
     self,
     retrieve::{Retrieval, Retriever},
@@ -185,9 +185,14 @@ impl Application {
                 max_message_chars: config.max_message_chars,
                 max_streams_total: config.max_streams_total,
                 max_streams_per_user: config.max_streams_per_user,
+                resume_grace: config.stream_resume_grace,
+                replay_ttl: config.stream_replay_ttl,
             },
-            tasks.clone(),
-            metrics.clone(),
+            Lifecycle {
+                tasks: tasks.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            },
         );
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)

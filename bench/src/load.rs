@@ -341,6 +341,11 @@ impl SseConnection {
             while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
                 let event: Vec<u8> = pending.drain(..end + 2).collect();
                 let event = std::str::from_utf8(&event).map_err(|_| "event is not UTF-8")?;
+                // Each event starts with its `id: <turn_id>:<seq>` line.
+                let event = match event.strip_prefix("id: ") {
+                    Some(rest) => rest.split_once('\n').map_or("", |(_, event)| event),
+                    None => event,
+                };
                 if let Some(data) = event.strip_prefix("data: ") {
                     let delta: DeltaData = serde_json::from_str(data.trim_end())
                         .map_err(|err| format!("bad delta: {err}"))?;
@@ -404,6 +409,8 @@ pub async fn ws_turn(
                         turn.conversation_id = control["conversation_id"].as_i64();
                         finished = true;
                     }
+                    // Sent before the first delta: the turn's id.
+                    Some(control) if control["event"] == "turn" => {}
                     Some(control) => return Err(format!("control frame: {control}")),
                     None => {
                         turn.first_delta.get_or_insert_with(Instant::now);

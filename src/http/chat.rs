@@ -19,8 +19,8 @@ use crate::http::AppState;
 use crate::http::envelope::{Envelope, ErrorData, Reply};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, MaybeAuthUser};
 use crate::services::chat::{
-    ConversationSummary, ConversationView, HistoryJson, ReplyEvent, Transport, TurnOutcome,
-    TurnRequest,
+    ConversationSummary, ConversationView, HistoryJson, ReplyEvent, ReplyStream, Transport,
+    TurnOutcome, TurnRequest,
 };
 
 /// One-shot chat turns (rate-limited, answered within the request timeout).
@@ -294,9 +294,17 @@ async fn stream(
         TurnOutcome::Refused(view) => return Ok(Reply::ok(view).into_response()),
         TurnOutcome::Streaming(replies) => replies,
     };
-    let events = replies
-        .until_shutdown(state.shutdown.clone())
-        .map(|event| Ok::<_, Infallible>(sse_event(event)));
+    Ok(sse_response(&state, replies))
+}
+
+/// The SSE response following a turn: each event with its id
+/// `<turn_id>:<seq>`, the turn id in `X-Turn-Id`.
+pub(crate) fn sse_response(state: &AppState, replies: ReplyStream) -> Response {
+    let turn_id = replies.turn.id.clone();
+    let events = {
+        let turn_id = turn_id.clone();
+        replies.map(move |(seq, event)| Ok::<_, Infallible>(sse_event(&turn_id, seq, event)))
+    };
     let keep_alive = KeepAlive::new()
         .interval(state.config.sse_keepalive)
         .text("ping");
@@ -304,10 +312,20 @@ async fn stream(
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    if let Ok(value) = HeaderValue::from_str(&turn_id) {
+        headers.insert(TURN_ID_HEADER, value);
+    }
+    response
 }
 
-fn sse_event(event: ReplyEvent) -> Event {
+/// The header naming a streaming turn (exposed to other origins by CORS).
+pub const TURN_ID_HEADER: &str = "x-turn-id";
+
+/// One SSE event, its `id:` line first: a client that splits a block on
+/// `data: ` or `event: ` (the existing frontend does) still finds exactly
+/// what it did before ids existed.
+fn sse_event(turn_id: &str, seq: u64, event: ReplyEvent) -> Event {
+    let numbered = Event::default().id(format!("{turn_id}:{seq}"));
     match event {
         ReplyEvent::Delta(text) => {
             // Serialized straight from a struct: no intermediate JSON map per token.
@@ -317,13 +335,17 @@ fn sse_event(event: ReplyEvent) -> Event {
             }
             let data = serde_json::to_string(&Delta { delta: &text })
                 .unwrap_or_else(|_| json!({ "delta": text }).to_string());
-            Event::default().data(data)
+            numbered.data(data)
         }
-        ReplyEvent::Done(view) => Event::default().event("done").data(
-            json!({ "conversation_id": view.conversation_id, "messages": view.messages })
-                .to_string(),
+        ReplyEvent::Done(view) => numbered.event("done").data(
+            json!({
+                "conversation_id": view.conversation_id,
+                "messages": view.messages,
+                "turn_id": turn_id,
+            })
+            .to_string(),
         ),
-        ReplyEvent::Failed(failure) => Event::default()
+        ReplyEvent::Failed(failure) => numbered
             .event("error")
             .data(json!({ "message": failure.message() }).to_string()),
     }

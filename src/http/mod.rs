@@ -11,6 +11,7 @@ pub mod linger;
 pub mod metrics;
 pub mod rate_limit;
 pub mod redoc;
+pub mod turns;
 pub mod ws;
 
 use std::sync::Arc;
@@ -131,6 +132,7 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
         .merge(chat::router())
         .merge(feedback::router())
         .merge(admin::router())
+        .merge(turns::router())
         .merge(health::router());
     if let Some(RouteLimits { state }) = limits {
         let config = &state.config;
@@ -170,6 +172,8 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(bounded)
         .merge(streams)
+        // Resuming is not a new turn: no chat rate limit, no request timeout.
+        .merge(turns::streaming_router())
 }
 
 /// The whole application: routes, docs, and middleware.
@@ -229,7 +233,10 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
-        .expose_headers([HeaderName::from_static("x-request-id")])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static(chat::TURN_ID_HEADER),
+        ])
         .max_age(Duration::from_secs(600));
     match origins {
         // Credentials are never allowed with a wildcard origin.

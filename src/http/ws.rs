@@ -79,6 +79,13 @@ struct ClientMessage {
     message: Option<String>,
 }
 
+/// A frame sent mid-answer: `{"action": "stop"}`.
+#[derive(Deserialize)]
+struct Action {
+    #[serde(default)]
+    action: Option<String>,
+}
+
 struct Session {
     socket: WebSocket,
     state: AppState,
@@ -114,19 +121,28 @@ impl Session {
             }
             Err(err) => return self.fail(&socket_error_message(&err)).await,
         };
-        let mut replies = Box::pin(replies.until_shutdown(self.state.shutdown.clone()));
+        let turn = replies.turn.clone();
+        let announced = json!({
+            "event": "turn",
+            "turn_id": &*turn.id,
+            "conversation_id": turn.conversation_id,
+        });
+        if !self.send(announced.to_string()).await {
+            return; // client gone: the turn goes on for the grace period
+        }
+        let mut replies = Box::pin(replies);
         let mut pending = DeltaCoalescer::default();
         loop {
             tokio::select! {
                 event = replies.next() => match event {
-                    Some(ReplyEvent::Delta(delta)) => {
+                    Some((_, ReplyEvent::Delta(delta))) => {
                         if let Some(frame) = pending.push(&delta)
                             && !self.send(frame).await
                         {
-                            return; // client gone: dropping `replies` cancels upstream and stores the partial
+                            return; // client gone: dropping `replies` detaches it from the turn
                         }
                     }
-                    Some(ReplyEvent::Done(view)) => {
+                    Some((_, ReplyEvent::Done(view))) => {
                         if let Some(rest) = pending.flush()
                             && !self.send(rest).await
                         {
@@ -136,13 +152,14 @@ impl Session {
                             "event": "done",
                             "conversation_id": view.conversation_id,
                             "messages": view.messages,
+                            "turn_id": &*turn.id,
                         });
                         if self.send(frame.to_string()).await {
                             self.close().await;
                         }
                         return;
                     }
-                    Some(ReplyEvent::Failed(failure)) => {
+                    Some((_, ReplyEvent::Failed(failure))) => {
                         if let Some(rest) = pending.flush()
                             && !self.send(rest).await
                         {
@@ -153,8 +170,17 @@ impl Session {
                     None => return self.close().await,
                 },
                 incoming = self.socket.recv() => match incoming {
-                    // Pings are answered by the socket itself; other frames mid-answer are ignored.
                     Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    // `{"action":"stop"}` stops the turn (its `done` follows);
+                    // pings are answered by the socket itself; other frames
+                    // mid-answer are ignored.
+                    Some(Ok(Message::Text(text))) => {
+                        if serde_json::from_str::<Action>(text.as_str())
+                            .is_ok_and(|action| action.action.as_deref() == Some("stop"))
+                        {
+                            turn.request_stop();
+                        }
+                    }
                     Some(Ok(_)) => {}
                 },
             }

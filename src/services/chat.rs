@@ -8,7 +8,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
@@ -23,6 +23,7 @@ use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::services::guardrails::{self, Verdict};
 use crate::services::knowledge::retrieve::Retrieval;
+use crate::services::live::{LiveTurn, TurnHub};
 use crate::services::prompt;
 use crate::services::stream_limits::{StreamLimits, StreamSlot};
 use crate::services::turn_log::{TurnEntry, TurnLog, TurnTally};
@@ -52,6 +53,10 @@ pub struct ClientMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Feedback>, nullable)]
     pub feedback: Option<Option<Feedback>>,
+    /// Assistant items: true when a stop request cut the answer short.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<bool>)]
+    pub stopped: Option<bool>,
 }
 
 /// A rating of an answer (contract section 16).
@@ -150,6 +155,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                 sources: None,
                 grounded: None,
                 feedback: None,
+                stopped: None,
             }),
             Role::Assistant => view.push(ClientMessage {
                 id: record.id,
@@ -159,6 +165,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                 sources: sources_json(record.sources.as_deref()),
                 grounded: Some(record.grounded),
                 feedback: Some(Feedback::of(record)),
+                stopped: Some(record.stopped),
             }),
             Role::Guardrails => {
                 view.push(ClientMessage {
@@ -169,6 +176,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                     sources: None,
                     grounded: None,
                     feedback: None,
+                    stopped: None,
                 });
                 view.push(ClientMessage {
                     id: record.id,
@@ -178,6 +186,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                     sources: sources_json(None),
                     grounded: Some(None),
                     feedback: Some(Feedback::of(record)),
+                    stopped: Some(false),
                 });
             }
         }
@@ -253,49 +262,47 @@ impl Failure {
     }
 }
 
-/// The events of one answer. Dropping it cancels the upstream request and
-/// stores whatever text was produced so far.
+/// A follower of one turn's events, each with its number (from 1, deltas
+/// and the final event alike). Dropping it detaches the follower; the turn
+/// goes on (see [`crate::services::live`]).
 pub struct ReplyStream {
     pub conversation_id: i64,
-    events: Pin<Box<dyn Stream<Item = ReplyEvent> + Send>>,
+    pub turn: Arc<LiveTurn>,
+    events: Pin<Box<dyn Stream<Item = (u64, ReplyEvent)> + Send>>,
 }
 
 impl ReplyStream {
-    /// Ends the stream with a `Failed` event when `shutdown` fires; the partial
-    /// answer is stored as the inner stream is dropped.
-    pub fn until_shutdown(
-        self,
-        shutdown: CancellationToken,
-    ) -> impl Stream<Item = ReplyEvent> + Send {
-        async_stream::stream! {
-            let mut replies = self;
-            // Registered once: a fresh `cancelled()` per event would lock the
-            // token shared by every open stream twice per token.
-            let cancelled = shutdown.cancelled();
-            tokio::pin!(cancelled);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = &mut cancelled => {
-                        yield ReplyEvent::Failed(Failure::Shutdown);
-                        break;
-                    }
-                    next = replies.next() => match next {
-                        Some(event) => yield event,
-                        None => break,
-                    },
-                }
-            }
+    fn following(turn: Arc<LiveTurn>, after: u64) -> Self {
+        Self {
+            conversation_id: turn.conversation_id,
+            events: Box::pin(turn.follow(after)),
+            turn,
         }
     }
 }
 
 impl Stream for ReplyStream {
-    type Item = ReplyEvent;
+    type Item = (u64, ReplyEvent);
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ReplyEvent>> {
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(u64, ReplyEvent)>> {
         self.events.as_mut().poll_next(cx)
     }
+}
+
+/// How a turn's driver stopped reading the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The model finished (or failed: see the error).
+    Finished,
+    /// `POST /api/chat/stop/{turn_id}` or the WebSocket's stop.
+    Stopped,
+    /// Nobody was attached for the whole grace period.
+    Abandoned,
+    /// The server is shutting down.
+    Shutdown,
 }
 
 /// Chat orchestration over storage, guardrails, retrieval and the model.
@@ -315,6 +322,10 @@ pub struct ChatService {
     turn_log: TurnLog,
     /// Histories recently read, checked against the stored message count.
     histories: Arc<HistoryCache>,
+    /// The turns streaming now and recently ended, for resume and stop.
+    live: Arc<TurnHub>,
+    /// Fires at shutdown: running turns store their partial answers and end.
+    shutdown: CancellationToken,
 }
 
 /// Limits of the chat pipeline, from the configuration.
@@ -324,6 +335,19 @@ pub struct ChatSettings {
     pub max_message_chars: usize,
     pub max_streams_total: usize,
     pub max_streams_per_user: usize,
+    /// How long a turn nobody follows keeps streaming (`STREAM_RESUME_GRACE_SECS`).
+    pub resume_grace: Duration,
+    /// How long an ended turn's events stay (`STREAM_REPLAY_TTL_SECS`).
+    pub replay_ttl: Duration,
+}
+
+/// What the pipeline's work outside requests answers to: the tracker that
+/// shutdown waits on, the metrics, and the shutdown signal itself.
+#[derive(Clone)]
+pub struct Lifecycle {
+    pub tasks: TaskTracker,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
 }
 
 impl ChatService {
@@ -333,10 +357,16 @@ impl ChatService {
         retrieval: Retrieval,
         ungrounded_reply: Option<String>,
         settings: ChatSettings,
-        tasks: TaskTracker,
-        metrics: Arc<Metrics>,
+        lifecycle: Lifecycle,
     ) -> Self {
+        let Lifecycle {
+            tasks,
+            metrics,
+            shutdown,
+        } = lifecycle;
         Self {
+            live: Arc::new(TurnHub::new(settings.replay_ttl)),
+            shutdown,
             turn_log: TurnLog::new(db.clone(), tasks.clone()),
             metrics,
             db,
@@ -405,6 +435,10 @@ impl ChatService {
                     user_message: Some(&redacted),
                     sources: None,
                     grounded: None,
+                    stopped: false,
+                    turn_id: None,
+                    client_message_id: None,
+                    client_key: None,
                 };
                 messages::insert(&self.db, refusal).await?;
                 self.metrics.turn_ended(transport, "refused");
@@ -441,15 +475,18 @@ impl ChatService {
             } else {
                 messages::list(&self.db, conversation.id).await?
             };
-            Ok::<_, AppError>((conversation.id, history))
+            Ok::<_, AppError>((conversation.id, conversation.user_id, history))
         };
-        let ((conversation_id, history), passages) =
+        let ((conversation_id, owner, history), passages) =
             tokio::try_join!(conversation_and_history, search)?;
         let grounding = Grounding::of(&passages);
         let entry = entry
             .in_conversation(conversation_id)
             .retrieved(grounding.grounded, &redacted);
         let turn = prompt::user_turn(&redacted, &prompt::context_block(&passages));
+        // The turn's id goes with its question, so a later send with the same
+        // client message id finds it.
+        let live = self.live.open(conversation_id, owner);
         let user_message = NewMessage {
             conversation_id,
             role: Role::User,
@@ -457,28 +494,29 @@ impl ChatService {
             user_message: Some(&redacted),
             sources: None,
             grounded: None,
+            stopped: false,
+            turn_id: Some(&live.id),
+            client_message_id: None,
+            client_key: None,
         };
         // Nothing in the knowledge base and a fixed reply configured: that
         // reply is the answer, streamed like one, and the model is not called.
         if !grounding.grounded
             && let Some(reply) = &self.ungrounded_reply
         {
-            messages::insert(&self.db, user_message).await?;
+            if let Err(err) = messages::insert(&self.db, user_message).await {
+                live.push(ReplyEvent::Failed(Failure::Storage));
+                return Err(err.into());
+            }
             let tokens: TokenStream = Box::pin(futures::stream::iter([Ok(reply.to_string())]));
-            return Ok(TurnOutcome::Streaming(ReplyStream {
-                conversation_id,
-                events: Box::pin(self.clone().reply_events(
-                    conversation_id,
-                    tokens,
-                    slot,
-                    grounding,
-                    TurnTally::new(
-                        self.metrics.stream_started(transport, started, false),
-                        entry,
-                        self.turn_log.clone(),
-                    ),
-                )),
-            }));
+            let tally = TurnTally::new(
+                self.metrics.stream_started(transport, started, false),
+                entry,
+                self.turn_log.clone(),
+            );
+            return Ok(TurnOutcome::Streaming(
+                self.start_driver(live, tokens, slot, grounding, tally),
+            ));
         }
         let prompt_messages =
             prompt::assemble(&history, turn.clone(), self.settings.history_max_messages);
@@ -489,93 +527,171 @@ impl ChatService {
             messages::insert(&self.db, user_message),
             model.stream_chat(&prompt_messages)
         );
-        stored?;
+        if let Err(err) = stored {
+            live.push(ReplyEvent::Failed(Failure::Storage));
+            return Err(err.into());
+        }
         let tokens = match tokens {
             Ok(tokens) => tokens,
             Err(err) => {
+                live.push(ReplyEvent::Failed(Failure::Upstream));
                 self.metrics.upstream_error(error_kind(&err));
                 self.metrics.turn_ended(transport, turn_outcome(&err));
                 self.turn_log.record(entry, turn_outcome(&err), None, None);
                 return Err(upstream_error(conversation_id, err));
             }
         };
-        let meter = TurnTally::new(
+        let tally = TurnTally::new(
             self.metrics
                 .stream_started(transport, started, grounding.grounded),
             entry,
             self.turn_log.clone(),
         );
-        Ok(TurnOutcome::Streaming(ReplyStream {
-            conversation_id,
-            events: Box::pin(self.clone().reply_events(
-                conversation_id,
-                tokens,
-                slot,
-                grounding,
-                meter,
-            )),
-        }))
+        Ok(TurnOutcome::Streaming(
+            self.start_driver(live, tokens, slot, grounding, tally),
+        ))
     }
 
-    fn reply_events(
+    /// Attaches the caller to the turn, then runs the turn in a task of its
+    /// own (tracked: shutdown waits for it to store its answer).
+    fn start_driver(
+        &self,
+        live: Arc<LiveTurn>,
+        tokens: TokenStream,
+        slot: StreamSlot,
+        grounding: Grounding,
+        tally: TurnTally,
+    ) -> ReplyStream {
+        // Attached before the driver runs: it never sees an empty turn at first.
+        let follower = ReplyStream::following(live.clone(), 0);
+        self.tasks
+            .spawn(self.clone().drive(live, tokens, slot, grounding, tally));
+        follower
+    }
+
+    /// Reads the model into the turn's log until it ends, is stopped, the
+    /// server shuts down, or nobody has been attached for the grace period;
+    /// then stores the answer (what the model produced so far) and ends the
+    /// log with `done` (or `error`).
+    async fn drive(
         self,
-        conversation_id: i64,
+        live: Arc<LiveTurn>,
         mut tokens: TokenStream,
         slot: StreamSlot,
         grounding: Grounding,
-        mut meter: TurnTally,
-    ) -> impl Stream<Item = ReplyEvent> + Send {
-        async_stream::stream! {
-            let _slot = slot;
-            let mut answer = PartialAnswer {
-                db: self.db.clone(),
-                tasks: self.tasks.clone(),
-                conversation_id,
-                text: String::new(),
-                grounding,
-                settled: false,
-            };
-            let mut failure = None;
-            while let Some(item) = tokens.next().await {
-                match item {
-                    Ok(delta) => {
-                        // Recorded before it is sent: a disconnect stores at least what the client saw.
+        mut tally: TurnTally,
+    ) {
+        let _slot = slot;
+        let conversation_id = live.conversation_id;
+        let mut answer = PartialAnswer {
+            db: self.db.clone(),
+            tasks: self.tasks.clone(),
+            conversation_id,
+            text: String::new(),
+            grounding,
+            stopped: false,
+            settled: false,
+        };
+        let mut attached = live.attached();
+        let stop = live.stop_requested();
+        let grace = self.settings.resume_grace;
+        let alone_since = |count: usize| (count == 0).then(|| tokio::time::Instant::now() + grace);
+        let mut give_up_at = alone_since(*attached.borrow_and_update());
+        let mut failure = None;
+        let ending = loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break Ending::Stopped,
+                () = self.shutdown.cancelled() => break Ending::Shutdown,
+                changed = attached.changed() => {
+                    if changed.is_ok() {
+                        give_up_at = alone_since(*attached.borrow_and_update());
+                    }
+                }
+                () = sleep_until_some(give_up_at) => break Ending::Abandoned,
+                item = tokens.next() => match item {
+                    Some(Ok(delta)) => {
+                        // Recorded before it is sent: the stored partial holds
+                        // at least what any follower saw.
                         answer.text.push_str(&delta);
-                        meter.token();
-                        yield ReplyEvent::Delta(delta);
+                        tally.token();
+                        live.push(ReplyEvent::Delta(delta));
                     }
-                    Err(err) => {
+                    Some(Err(err)) => {
                         failure = Some(err);
-                        break;
+                        break Ending::Finished;
                     }
-                }
+                    None => break Ending::Finished,
+                },
             }
-            // Release the upstream connection before the database work.
-            drop(tokens);
-            let stored = answer.store().await;
-            if let Some(err) = failure {
-                tracing::warn!(conversation_id, error = %err, "model stream failed mid-answer");
-                self.metrics.upstream_error(error_kind(&err));
-                meter.ended(turn_outcome(&err));
-                yield ReplyEvent::Failed(Failure::Upstream);
-            } else if let Err(err) = stored {
-                tracing::error!(conversation_id, error = %err, "storing the answer failed");
-                meter.ended("storage_error");
-                yield ReplyEvent::Failed(Failure::Storage);
-            } else {
-                match self.view(conversation_id).await {
-                    Ok(history) => {
-                        meter.ended("completed");
-                        yield ReplyEvent::Done(history.view)
-                    }
-                    Err(err) => {
-                        tracing::error!(conversation_id, error = %err, "loading the history failed");
-                        meter.ended("storage_error");
-                        yield ReplyEvent::Failed(Failure::Storage);
-                    }
-                }
+        };
+        // Release the upstream connection before the database work.
+        drop(tokens);
+        answer.stopped = ending == Ending::Stopped;
+        let stored = answer.store().await;
+        if ending == Ending::Shutdown {
+            tally.ended("client_gone");
+            live.push(ReplyEvent::Failed(Failure::Shutdown));
+            return;
+        }
+        if let Some(err) = failure {
+            tracing::warn!(conversation_id, error = %err, "model stream failed mid-answer");
+            self.metrics.upstream_error(error_kind(&err));
+            tally.ended(turn_outcome(&err));
+            live.push(ReplyEvent::Failed(Failure::Upstream));
+            return;
+        }
+        if let Err(err) = stored {
+            tracing::error!(conversation_id, error = %err, "storing the answer failed");
+            tally.ended("storage_error");
+            live.push(ReplyEvent::Failed(Failure::Storage));
+            return;
+        }
+        tally.ended(match ending {
+            Ending::Stopped => "stopped",
+            Ending::Abandoned => "client_gone",
+            Ending::Finished | Ending::Shutdown => "completed",
+        });
+        match self.view(conversation_id).await {
+            Ok(history) => live.push(ReplyEvent::Done(history.view)),
+            Err(err) => {
+                tracing::error!(conversation_id, error = %err, "loading the history failed");
+                live.push(ReplyEvent::Failed(Failure::Storage));
             }
         }
+    }
+
+    /// A turn of this server the caller may follow or stop: 404 when
+    /// unknown or expired, 403 when the conversation is someone else's.
+    pub fn live_turn(&self, caller: Option<i64>, turn_id: &str) -> Result<Arc<LiveTurn>, AppError> {
+        let turn = self
+            .live
+            .get(turn_id)
+            .ok_or(AppError::NotFound("Turn not found"))?;
+        match turn.owner {
+            Some(owner) if caller != Some(owner) => Err(AppError::Forbidden),
+            _ => Ok(turn),
+        }
+    }
+
+    /// Follows a turn from after event `after`; `None` when the turn has
+    /// ended and the caller has seen its last event.
+    pub fn resume(
+        &self,
+        caller: Option<i64>,
+        turn_id: &str,
+        after: u64,
+    ) -> Result<Option<ReplyStream>, AppError> {
+        let turn = self.live_turn(caller, turn_id)?;
+        if turn.ended() && after >= turn.last_seq() {
+            return Ok(None);
+        }
+        Ok(Some(ReplyStream::following(turn, after)))
+    }
+
+    /// Asks a turn to stop; false when it had already ended.
+    pub fn stop(&self, caller: Option<i64>, turn_id: &str) -> Result<bool, AppError> {
+        Ok(self.live_turn(caller, turn_id)?.request_stop())
     }
 
     /// A one-shot turn: the whole answer, then the history (contract: POST /api/chat/create).
@@ -584,7 +700,7 @@ impl ChatService {
             TurnOutcome::Refused(view) => Ok(view),
             TurnOutcome::Streaming(mut stream) => {
                 let conversation_id = stream.conversation_id;
-                while let Some(event) = stream.next().await {
+                while let Some((_, event)) = stream.next().await {
                     match event {
                         ReplyEvent::Delta(_) => {}
                         ReplyEvent::Done(view) => return Ok(view),
@@ -902,6 +1018,8 @@ struct PartialAnswer {
     conversation_id: i64,
     text: String,
     grounding: Grounding,
+    /// Cut short by a stop request.
+    stopped: bool,
     settled: bool,
 }
 
@@ -936,6 +1054,7 @@ impl PartialAnswer {
             self.conversation_id,
             std::mem::take(&mut self.text),
             self.grounding.clone(),
+            self.stopped,
         );
         self.tasks
             .spawn(write)
@@ -961,6 +1080,7 @@ impl Drop for PartialAnswer {
             self.conversation_id,
             std::mem::take(&mut self.text),
             self.grounding.clone(),
+            self.stopped,
         );
         let conversation_id = self.conversation_id;
         self.tasks.spawn_on(
@@ -979,6 +1099,7 @@ async fn store_answer(
     conversation_id: i64,
     text: String,
     grounding: Grounding,
+    stopped: bool,
 ) -> Result<(), AppError> {
     let message = NewMessage {
         conversation_id,
@@ -987,7 +1108,19 @@ async fn store_answer(
         user_message: None,
         sources: Some(&grounding.sources),
         grounded: Some(grounding.grounded),
+        stopped,
+        turn_id: None,
+        client_message_id: None,
+        client_key: None,
     };
     messages::insert(&db, message).await?;
     Ok(())
+}
+
+/// Sleeps until `at`; forever when there is no such moment.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

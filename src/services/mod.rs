@@ -5,6 +5,7 @@ pub mod auth;
 pub mod chat;
 pub mod guardrails;
 pub mod knowledge;
+pub mod live;
 pub mod operator;
 pub mod prompt;
 pub mod stream_limits;

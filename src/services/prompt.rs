@@ -126,6 +126,7 @@ mod tests {
             grounded: None,
             feedback_rating: None,
             feedback_reason: None,
+            stopped: false,
         }
     }
 

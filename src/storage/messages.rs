@@ -51,6 +51,8 @@ pub struct MessageRecord {
     /// Feedback on an answer: `up` or `down`, and the reason given.
     pub feedback_rating: Option<String>,
     pub feedback_reason: Option<String>,
+    /// Assistant answers: cut short by a stop request.
+    pub stopped: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -65,6 +67,7 @@ struct MessageRow {
     grounded: Option<bool>,
     feedback_rating: Option<String>,
     feedback_reason: Option<String>,
+    stopped: Option<bool>,
 }
 
 impl TryFrom<MessageRow> for MessageRecord {
@@ -86,6 +89,7 @@ impl TryFrom<MessageRow> for MessageRecord {
             grounded: row.grounded,
             feedback_rating: row.feedback_rating,
             feedback_reason: row.feedback_reason,
+            stopped: row.stopped.unwrap_or(false),
         })
     }
 }
@@ -155,6 +159,13 @@ pub struct NewMessage<'a> {
     /// Assistant answers only: sources (a JSON array) and grounding.
     pub sources: Option<&'a str>,
     pub grounded: Option<bool>,
+    /// Assistant answers: cut short by a stop request.
+    pub stopped: bool,
+    /// User (and guardrails) rows: the turn, and the client's id for the
+    /// send with the key it is unique under (migration 0010).
+    pub turn_id: Option<&'a str>,
+    pub client_message_id: Option<&'a str>,
+    pub client_key: Option<&'a str>,
 }
 
 /// Stores a message. The `messages_touch_conversation` trigger (migration
@@ -166,10 +177,15 @@ pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx:
     let content = message.content.to_owned();
     let user_message = message.user_message.map(str::to_owned);
     let (sources, grounded) = (message.sources.map(str::to_owned), message.grounded);
+    let stopped = message.stopped.then_some(true);
+    let turn_id = message.turn_id.map(str::to_owned);
+    let client_message_id = message.client_message_id.map(str::to_owned);
+    let client_key = message.client_key.map(str::to_owned);
     on_writer!(db, conn => {
         let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO messages (conversation_id, role, content, user_message, created_at, sources, grounded) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO messages (conversation_id, role, content, user_message, created_at, sources, grounded, \
+             stopped, turn_id, client_message_id, client_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(conversation_id)
         .bind(role)
@@ -178,6 +194,10 @@ pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx:
         .bind(now)
         .bind(sources)
         .bind(grounded)
+        .bind(stopped)
+        .bind(turn_id.clone())
+        .bind(client_message_id.clone())
+        .bind(client_key.clone())
         .fetch_one(&mut *conn)
         .await?;
         Ok(id)
@@ -196,7 +216,7 @@ pub async fn list(db: &Database, conversation_id: i64) -> Result<Vec<MessageReco
         sqlx::query_as::<_, MessageRow>(
             "SELECT id, conversation_id, role, \
              CASE WHEN role = 'user' THEN '' ELSE content END AS content, user_message, created_at, \
-             sources, grounded, feedback_rating, feedback_reason \
+             sources, grounded, feedback_rating, feedback_reason, stopped \
              FROM messages WHERE conversation_id = $1 ORDER BY id",
         )
         .bind(conversation_id)

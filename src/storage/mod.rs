@@ -349,6 +349,10 @@ mod tests {
             user_message: None,
             sources: None,
             grounded: None,
+            stopped: false,
+            turn_id: None,
+            client_message_id: None,
+            client_key: None,
         }
     }
 
@@ -373,6 +377,10 @@ mod tests {
             user_message: Some("question"),
             sources: None,
             grounded: None,
+            stopped: false,
+            turn_id: None,
+            client_message_id: None,
+            client_key: None,
         };
         messages::insert(db, question)
             .await

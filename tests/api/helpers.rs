@@ -139,6 +139,9 @@ pub async fn try_spawn_app_on(
         ("BCRYPT_COST", "4".to_string()),
         ("RATE_LIMIT_AUTH_PER_MINUTE", "0".to_string()),
         ("RATE_LIMIT_CHAT_PER_MINUTE", "0".to_string()),
+        // A client that leaves cancels its answer at once (as before resume
+        // existed); the resume tests set their own grace.
+        ("STREAM_RESUME_GRACE_SECS", "0".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -390,6 +393,8 @@ use futures::SinkExt;
 pub struct SseEvent {
     pub event: String,
     pub data: Value,
+    /// The `id:` line (`<turn_id>:<seq>`).
+    pub id: String,
 }
 
 /// Reads up to `max` events (comments skipped) with a real SSE parser.
@@ -406,6 +411,7 @@ pub async fn read_sse(response: reqwest::Response, max: usize) -> Vec<SseEvent> 
         events.push(SseEvent {
             event: event.event,
             data: serde_json::from_str(&event.data).expect("sse data is JSON"),
+            id: event.id,
         });
     }
     events

@@ -14,6 +14,7 @@ mod feedback;
 mod hardening;
 mod knowledge;
 mod metrics;
+mod resume;
 mod storage;
 mod streaming;
 mod upgrade;

@@ -42,13 +42,28 @@ async fn sse_streams_deltas_then_done_with_exact_framing() {
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     assert_eq!(response.headers()["cache-control"], "no-cache");
     assert_eq!(response.headers()["x-accel-buffering"], "no");
-    let raw = response.text().await.expect("body");
-    // The frontend splits on "data: " and "event: ": exactly one space after the colon.
+    let turn_id = response.headers()["x-turn-id"]
+        .to_str()
+        .expect("turn id")
+        .to_string();
     assert!(
-        raw.starts_with("data: {\"delta\":\"Transfers\"}\n\n"),
+        turn_id.len() >= 32 && turn_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{turn_id}"
+    );
+    let raw = response.text().await.expect("body");
+    // The frontend splits on "data: " and "event: ": exactly one space after
+    // the colon, and the `id:` line first so that what follows either is
+    // exactly what it was before ids existed.
+    assert!(
+        raw.starts_with(&format!(
+            "id: {turn_id}:1\ndata: {{\"delta\":\"Transfers\"}}\n\nid: {turn_id}:2\ndata: {{\"delta\":\" are\"}}\n\n"
+        )),
         "{raw}"
     );
-    assert!(raw.contains("\n\nevent: done\ndata: {"), "{raw}");
+    assert!(
+        raw.contains(&format!("\n\nid: {turn_id}:5\nevent: done\ndata: {{")),
+        "{raw}"
+    );
     let done_data = raw
         .split("event: done\ndata: ")
         .nth(1)
@@ -56,6 +71,7 @@ async fn sse_streams_deltas_then_done_with_exact_framing() {
         .expect("done data");
     let done: Value = serde_json::from_str(done_data).expect("done is JSON");
     assert_eq!(last_assistant(&done["messages"]), "Transfers are free.");
+    assert_eq!(done["turn_id"], turn_id.as_str());
     let id = done["conversation_id"].as_i64().expect("id");
     let stored = app.stored_messages(id).await;
     assert_eq!(stored.last().expect("row").1, "Transfers are free.");
@@ -257,7 +273,7 @@ async fn shutdown_ends_open_streams_and_keeps_their_partial_text() {
     let mut events = response.bytes_stream();
     // Wait for the first delta, then stop the server.
     let first = events.next().await.expect("chunk").expect("bytes");
-    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    assert!(String::from_utf8_lossy(&first).starts_with("id: "));
     app.stop().await;
     let mut rest = String::from_utf8_lossy(&first).into_owned();
     while let Some(Ok(chunk)) = events.next().await {
@@ -281,9 +297,15 @@ async fn ws_streams_raw_deltas_then_done_and_closes() {
         .ws_turn("0", Some(&token), r#"{"message": "Freeze my card?"}"#)
         .await;
     let (done, text_frames) = frames.split_last().expect("frames");
+    // First the turn frame, then the raw deltas, then done.
+    let (turn, text_frames) = text_frames.split_first().expect("turn frame");
+    let turn: Value = serde_json::from_str(turn).expect("turn JSON");
+    assert_eq!(turn["event"], "turn");
     assert_eq!(text_frames.concat(), "You can freeze it.");
     let done: Value = serde_json::from_str(done).expect("done JSON");
     assert_eq!(done["event"], "done");
+    assert_eq!(done["turn_id"], turn["turn_id"]);
+    assert_eq!(done["conversation_id"], turn["conversation_id"]);
     assert_eq!(last_assistant(&done["messages"]), "You can freeze it.");
     // Owned by the token's user.
     let id = done["conversation_id"].as_i64().expect("id");
@@ -465,6 +487,11 @@ async fn ws_disconnect_mid_stream_cancels_upstream_and_stores_partial() {
         .send(Message::Text(r#"{"message":"long one"}"#.into()))
         .await
         .expect("send");
+    let turn = socket.next().await.expect("frame").expect("ok");
+    assert!(
+        turn.to_text()
+            .is_ok_and(|text| text.contains(r#""event":"turn""#))
+    );
     let mut seen = String::new();
     for _ in 0..3 {
         match socket.next().await.expect("frame").expect("ok") {
@@ -489,7 +516,7 @@ async fn ws_upstream_failure_sends_error_frame_and_stores_partial() {
     });
     let frames = app.ws_turn("0", None, r#"{"message":"go"}"#).await;
     let (last, texts) = frames.split_last().expect("frames");
-    assert_eq!(texts.concat(), "Half way");
+    assert_eq!(texts[1..].concat(), "Half way");
     assert_eq!(
         serde_json::from_str::<Value>(last).expect("json")["event"],
         "error"
@@ -730,8 +757,11 @@ async fn shutdown_closes_open_websockets_with_their_partial_text_stored() {
         .send(Message::Text(r#"{"message":"long"}"#.into()))
         .await
         .expect("send");
-    let first = socket.next().await.expect("frame").expect("ok");
-    assert!(first.is_text());
+    // The turn frame, then a delta.
+    for _ in 0..2 {
+        let frame = socket.next().await.expect("frame").expect("ok");
+        assert!(frame.is_text());
+    }
     app.stop().await;
     let mut last_text = String::new();
     while let Some(Ok(message)) = socket.next().await {
