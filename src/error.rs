@@ -36,6 +36,8 @@ pub enum AppError {
     Forbidden,
     #[error("{0}")]
     NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
     #[error("Method Not Allowed")]
     MethodNotAllowed,
     #[error("Request body too large")]
@@ -71,6 +73,7 @@ impl AppError {
             Self::Unauthorized(_) => 401,
             Self::Forbidden => 403,
             Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
             Self::TooManyRequests { .. } => 429,
@@ -85,7 +88,10 @@ impl AppError {
     pub fn public_message(&self) -> String {
         match self {
             Self::Validation(_) => "Validation error".into(),
-            Self::BadRequest(msg) | Self::Unauthorized(msg) | Self::NotFound(msg) => (*msg).into(),
+            Self::BadRequest(msg)
+            | Self::Unauthorized(msg)
+            | Self::NotFound(msg)
+            | Self::Conflict(msg) => (*msg).into(),
             Self::Unavailable { message, .. } => (*message).into(),
             Self::UpstreamModel(_) => "Upstream model error".into(),
             Self::Database(err) if is_pool_exhaustion(err) => {

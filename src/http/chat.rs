@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::http::envelope::{Envelope, ErrorData, Reply};
-use crate::http::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, MaybeAuthUser};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, AuthUser, ClientIp, MaybeAuthUser};
 use crate::services::chat::{
     ConversationSummary, ConversationView, HistoryJson, ReplyEvent, ReplyStream, Transport,
     TurnOutcome, TurnRequest,
@@ -61,6 +61,17 @@ pub struct ChatRequest {
     #[serde(default)]
     #[schema(value_type = Value)]
     pub user_id: Option<serde_json::Value>,
+    /// The client's id for this send (1 to 64 characters, e.g. a UUID): a
+    /// retry with the same id gets the first send's turn instead of a second
+    /// one; the same id with a different message is a 409.
+    #[serde(default)]
+    #[schema(
+        example = "3f2b8c1e-6a7d-4e55-9b0a-1c2d3e4f5a6b",
+        min_length = 1,
+        max_length = 64,
+        pattern = r"\S"
+    )]
+    pub client_message_id: Option<String>,
 }
 
 /// `conversation_id`: what [`lenient_id`] accepts.
@@ -116,12 +127,19 @@ fn lenient_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>,
 }
 
 impl ChatRequest {
-    fn into_turn(self, caller: Option<i64>, transport: Transport) -> TurnRequest {
+    fn into_turn(
+        self,
+        caller: Option<i64>,
+        client_ip: Option<std::net::IpAddr>,
+        transport: Transport,
+    ) -> TurnRequest {
         TurnRequest {
             caller,
             conversation_id: self.conversation_id,
             message: self.message,
             transport,
+            client_message_id: self.client_message_id,
+            client_ip,
         }
     }
 }
@@ -252,11 +270,12 @@ impl ToSchema for StreamEvent {
 async fn create(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
+    ClientIp(client_ip): ClientIp,
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> Result<Reply<ConversationView>, AppError> {
     let view = state
         .chat
-        .complete_turn(body.into_turn(caller, Transport::Create))
+        .complete_turn(body.into_turn(caller, client_ip, Transport::Create))
         .await?;
     Ok(Reply::ok(view))
 }
@@ -284,11 +303,12 @@ async fn create(
 async fn stream(
     State(state): State<AppState>,
     MaybeAuthUser(caller): MaybeAuthUser,
+    ClientIp(client_ip): ClientIp,
     ApiJson(body): ApiJson<ChatRequest>,
 ) -> Result<Response, AppError> {
     let replies = match state
         .chat
-        .start_turn(body.into_turn(caller, Transport::Sse))
+        .start_turn(body.into_turn(caller, client_ip, Transport::Sse))
         .await?
     {
         TurnOutcome::Refused(view) => return Ok(Reply::ok(view).into_response()),

@@ -237,3 +237,21 @@ impl FromRequestParts<AppState> for MaybeAuthUser {
         ))
     }
 }
+
+/// The client's address (see [`crate::http::rate_limit::client_ip`]).
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(ClientIp(crate::http::rate_limit::client_ip(
+            &parts.headers,
+            &parts.extensions,
+            state.config.trust_forwarded_for,
+        )))
+    }
+}

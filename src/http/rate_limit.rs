@@ -38,24 +38,36 @@ pub struct ClientKeyExtractor {
 
 impl ClientKeyExtractor {
     fn client_ip<T>(&self, request: &Request<T>) -> Option<IpAddr> {
-        if self.trust_forwarded_for {
-            let forwarded = request
-                .headers()
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(','))
-                .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-                .next_back();
-            if forwarded.is_some() {
-                return forwarded;
-            }
-        }
-        request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip())
+        client_ip(
+            request.headers(),
+            request.extensions(),
+            self.trust_forwarded_for,
+        )
     }
+}
+
+/// The client's address: the socket's, or the last `X-Forwarded-For` hop
+/// (the one our own proxy appended) when `trust_forwarded_for`.
+pub fn client_ip(
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+    trust_forwarded_for: bool,
+) -> Option<IpAddr> {
+    if trust_forwarded_for {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .next_back();
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
 }
 
 impl KeyExtractor for ClientKeyExtractor {

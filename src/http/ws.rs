@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::error::AppError;
 use crate::http::AppState;
 use crate::http::envelope::{Envelope, ErrorData};
-use crate::http::extract::{ApiPath, ApiQuery, bearer_token};
+use crate::http::extract::{ApiPath, ApiQuery, ClientIp, bearer_token};
 use crate::services::chat::{Failure, ReplyEvent, Transport, TurnOutcome, TurnRequest};
 
 /// Largest frame a client may send (one question).
@@ -54,6 +54,7 @@ pub async fn chat_socket(
     ApiPath(conversation_id): ApiPath<i64>,
     ApiQuery(params): ApiQuery<SocketParams>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let token = bearer_token(&headers).map(str::to_owned).or(params.token);
@@ -68,7 +69,13 @@ pub async fn chat_socket(
         // Tracked so shutdown waits for the session to store its partial answer.
         .on_upgrade(move |socket| {
             tasks.track_future(async move {
-                Session { socket, state }.run(conversation_id, token).await;
+                Session {
+                    socket,
+                    state,
+                    client_ip,
+                }
+                .run(conversation_id, token)
+                .await;
             })
         })
 }
@@ -77,6 +84,9 @@ pub async fn chat_socket(
 struct ClientMessage {
     #[serde(default)]
     message: Option<String>,
+    /// Optional idempotency key (contract section 14).
+    #[serde(default)]
+    client_message_id: Option<String>,
 }
 
 /// A frame sent mid-answer: `{"action": "stop"}`.
@@ -89,6 +99,7 @@ struct Action {
 struct Session {
     socket: WebSocket,
     state: AppState,
+    client_ip: Option<std::net::IpAddr>,
 }
 
 impl Session {
@@ -97,7 +108,7 @@ impl Session {
             Ok(caller) => caller,
             Err(err) => return self.fail(&err.public_message()).await,
         };
-        let Some(message) = self.first_message().await else {
+        let Some((message, client_message_id)) = self.first_message().await else {
             return;
         };
         let request = TurnRequest {
@@ -105,6 +116,8 @@ impl Session {
             conversation_id: Some(conversation_id),
             message,
             transport: Transport::WebSocket,
+            client_message_id,
+            client_ip: self.client_ip,
         };
         let replies = match self.state.chat.start_turn(request).await {
             Ok(TurnOutcome::Streaming(replies)) => replies,
@@ -187,8 +200,8 @@ impl Session {
         }
     }
 
-    /// Waits for the question frame; answers errors and closes idle sockets.
-    async fn first_message(&mut self) -> Option<String> {
+    /// Waits for the question frame: the message and its client message id.
+    async fn first_message(&mut self) -> Option<(String, Option<String>)> {
         let idle: Duration = self.state.config.ws_idle_timeout;
         let deadline = tokio::time::Instant::now() + idle;
         loop {
@@ -212,7 +225,8 @@ impl Session {
                     return match parsed {
                         Ok(ClientMessage {
                             message: Some(message),
-                        }) if !message.trim().is_empty() => Some(message),
+                            client_message_id,
+                        }) if !message.trim().is_empty() => Some((message, client_message_id)),
                         Ok(_) => {
                             self.fail("Missing 'message'").await;
                             None
@@ -262,7 +276,20 @@ impl Session {
 /// The sentence of an error frame: the contract's short messages.
 fn socket_error_message(err: &AppError) -> String {
     match err {
-        AppError::Validation(_) => "Missing 'message'".to_string(),
+        // The contract's sentence for a bad message; a bad client message id
+        // says what is wrong with it.
+        AppError::Validation(errors) => errors
+            .first()
+            .filter(|error| {
+                error
+                    .loc
+                    .last()
+                    .is_some_and(|field| field == "client_message_id")
+            })
+            .map_or_else(
+                || "Missing 'message'".to_string(),
+                |error| error.msg.clone(),
+            ),
         other => {
             if other.status() >= 500 {
                 tracing::warn!(error = %other, "websocket turn failed");

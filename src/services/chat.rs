@@ -25,10 +25,12 @@ use crate::services::guardrails::{self, Verdict};
 use crate::services::knowledge::retrieve::Retrieval;
 use crate::services::live::{LiveTurn, TurnHub};
 use crate::services::prompt;
+use crate::services::sends::{self, SendClaims};
 use crate::services::stream_limits::{StreamLimits, StreamSlot};
 use crate::services::turn_log::{TurnEntry, TurnLog, TurnTally};
 use crate::storage::Database;
 use crate::storage::conversations::{self, ConversationRecord};
+use crate::storage::messages::SendKey;
 use crate::storage::messages::{self, MessageRecord, NewMessage, Role};
 
 /// One message as clients see it.
@@ -202,6 +204,10 @@ pub struct TurnRequest {
     pub conversation_id: Option<i64>,
     pub message: String,
     pub transport: Transport,
+    /// The client's id for this send: a repeat reattaches to the first turn.
+    pub client_message_id: Option<String>,
+    /// The sender's address (for an anonymous send's `client_message_id`).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// Which of the three transports a turn came over (for the metrics).
@@ -326,6 +332,8 @@ pub struct ChatService {
     live: Arc<TurnHub>,
     /// Fires at shutdown: running turns store their partial answers and end.
     shutdown: CancellationToken,
+    /// Sends with a `client_message_id` that are starting now.
+    sends: Arc<SendClaims>,
 }
 
 /// Limits of the chat pipeline, from the configuration.
@@ -366,6 +374,7 @@ impl ChatService {
         } = lifecycle;
         Self {
             live: Arc::new(TurnHub::new(settings.replay_ttl)),
+            sends: Arc::new(SendClaims::default()),
             shutdown,
             turn_log: TurnLog::new(db.clone(), tasks.clone()),
             metrics,
@@ -417,13 +426,32 @@ impl ChatService {
         let transport = request.transport.as_str();
         let model = self.model.as_ref().ok_or(AppError::ModelNotConfigured)?;
         let message = self.validate_message(&request.message)?;
+        // A send with a client message id: one turn per id. A repeat waits
+        // while the first is starting, then reattaches to it.
+        let sender = sends::sender_key(request.caller, request.client_ip);
+        let _claim = match &request.client_message_id {
+            Some(id) => {
+                sends::validate(id)?;
+                let key = match request.conversation_id.filter(|id| *id > 0) {
+                    Some(conversation) => SendKey::Conversation(conversation),
+                    None => SendKey::Sender(&sender),
+                };
+                let claim = self.sends.claim(send_claim_key(key, id)).await;
+                if let Some(repeat) = self.repeat(&request, message, key, id).await? {
+                    return Ok(repeat);
+                }
+                Some(claim)
+            }
+            None => None,
+        };
+        let client_message_id = request.client_message_id.as_deref();
         // Held until the answer ends (or the turn fails before streaming).
         let slot = self.limits.acquire(request.caller).inspect_err(|_| {
             self.metrics.rate_limited("streams");
         })?;
         let redacted = match guardrails::check(message) {
             Verdict::Refuse { reason, redacted } => {
-                let (conversation, _) = self
+                let (conversation, created) = self
                     .resolve_for_turn(request.caller, request.conversation_id, &redacted)
                     .await?;
                 let conversation_id = conversation.id;
@@ -437,8 +465,8 @@ impl ChatService {
                     grounded: None,
                     stopped: false,
                     turn_id: None,
-                    client_message_id: None,
-                    client_key: None,
+                    client_message_id,
+                    client_key: created.then_some(sender.as_str()),
                 };
                 messages::insert(&self.db, refusal).await?;
                 self.metrics.turn_ended(transport, "refused");
@@ -475,9 +503,9 @@ impl ChatService {
             } else {
                 messages::list(&self.db, conversation.id).await?
             };
-            Ok::<_, AppError>((conversation.id, conversation.user_id, history))
+            Ok::<_, AppError>((conversation.id, conversation.user_id, created, history))
         };
-        let ((conversation_id, owner, history), passages) =
+        let ((conversation_id, owner, created, history), passages) =
             tokio::try_join!(conversation_and_history, search)?;
         let grounding = Grounding::of(&passages);
         let entry = entry
@@ -496,8 +524,8 @@ impl ChatService {
             grounded: None,
             stopped: false,
             turn_id: Some(&live.id),
-            client_message_id: None,
-            client_key: None,
+            client_message_id,
+            client_key: created.then_some(sender.as_str()),
         };
         // Nothing in the knowledge base and a fixed reply configured: that
         // reply is the answer, streamed like one, and the model is not called.
@@ -659,6 +687,62 @@ impl ChatService {
                 live.push(ReplyEvent::Failed(Failure::Storage));
             }
         }
+    }
+
+    /// The first turn of a repeated send (same `client_message_id` under the
+    /// same key), when there was one: its stream (live, or replayed from the
+    /// stored messages once its events have expired), or its refusal. 409
+    /// when the id came with a different message.
+    async fn repeat(
+        &self,
+        request: &TurnRequest,
+        message: &str,
+        key: SendKey<'_>,
+        client_message_id: &str,
+    ) -> Result<Option<TurnOutcome>, AppError> {
+        let Some(earlier) = messages::earlier_send(&self.db, key, client_message_id).await? else {
+            return Ok(None);
+        };
+        let conversation = conversations::find(&self.db, earlier.conversation_id)
+            .await?
+            .ok_or(AppError::NotFound("Conversation not found"))?;
+        authorize(&conversation, request.caller)?;
+        let redacted = match guardrails::check(message) {
+            Verdict::Allow { redacted } | Verdict::Refuse { redacted, .. } => redacted,
+        };
+        if earlier.user_message.as_deref() != Some(redacted.as_str()) {
+            return Err(AppError::Conflict(
+                "This client_message_id was already used for a different message",
+            ));
+        }
+        let conversation_id = conversation.id;
+        if earlier.role == Role::Guardrails.as_str() {
+            return Ok(Some(TurnOutcome::Refused(
+                self.view(conversation_id).await?.view,
+            )));
+        }
+        if let Some(turn) = earlier.turn_id.as_deref().and_then(|id| self.live.get(id)) {
+            return Ok(Some(TurnOutcome::Streaming(ReplyStream::following(
+                turn, 0,
+            ))));
+        }
+        // The turn's events have expired: replay it from what was stored.
+        let events = match messages::answer_after(&self.db, conversation_id, earlier.id).await? {
+            Some(answer) => vec![
+                ReplyEvent::Delta(answer),
+                ReplyEvent::Done(self.view(conversation_id).await?.view),
+            ],
+            None => vec![ReplyEvent::Failed(Failure::Upstream)],
+        };
+        let turn = self.live.replay(
+            earlier.turn_id.as_deref(),
+            conversation_id,
+            conversation.user_id,
+            events,
+        );
+        Ok(Some(TurnOutcome::Streaming(ReplyStream::following(
+            turn, 0,
+        ))))
     }
 
     /// A turn of this server the caller may follow or stop: 404 when
@@ -1122,5 +1206,13 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The claim key of a send: its key and its client message id.
+fn send_claim_key(key: SendKey<'_>, client_message_id: &str) -> String {
+    match key {
+        SendKey::Conversation(id) => format!("conversation:{id}:{client_message_id}"),
+        SendKey::Sender(sender) => format!("{sender}:{client_message_id}"),
     }
 }

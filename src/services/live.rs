@@ -187,9 +187,18 @@ impl TurnHub {
         }
     }
 
-    /// Opens a turn and returns it with its first follower's hold.
+    /// Opens a turn.
     pub fn open(&self, conversation_id: i64, owner: Option<i64>) -> Arc<LiveTurn> {
-        let id: Arc<str> = Arc::from(new_turn_id());
+        self.insert(None, conversation_id, owner)
+    }
+
+    fn insert(
+        &self,
+        id: Option<Arc<str>>,
+        conversation_id: i64,
+        owner: Option<i64>,
+    ) -> Arc<LiveTurn> {
+        let id: Arc<str> = id.unwrap_or_else(|| Arc::from(new_turn_id()));
         let (attached, _) = watch::channel(0);
         let turn = Arc::new(LiveTurn {
             id: id.clone(),
@@ -217,6 +226,22 @@ impl TurnHub {
         }
         turns.order.push_back(id.clone());
         turns.by_id.insert(id, turn.clone());
+        turn
+    }
+
+    /// An ended turn made of `events`, under `id` (a new one when `None`):
+    /// a repeated send replayed from the stored messages.
+    pub fn replay(
+        &self,
+        id: Option<&str>,
+        conversation_id: i64,
+        owner: Option<i64>,
+        events: Vec<ReplyEvent>,
+    ) -> Arc<LiveTurn> {
+        let turn = self.insert(id.map(Arc::from), conversation_id, owner);
+        for event in events {
+            turn.push(event);
+        }
         turn
     }
 

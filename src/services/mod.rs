@@ -8,5 +8,6 @@ pub mod knowledge;
 pub mod live;
 pub mod operator;
 pub mod prompt;
+pub mod sends;
 pub mod stream_limits;
 pub mod turn_log;

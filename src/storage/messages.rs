@@ -225,3 +225,74 @@ pub async fn list(db: &Database, conversation_id: i64) -> Result<Vec<MessageReco
     })?;
     rows.into_iter().map(MessageRecord::try_from).collect()
 }
+
+/// The message a client's earlier send with the same id made: its row,
+/// what it said (redacted), its role and its turn.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EarlierSend {
+    pub id: i64,
+    pub conversation_id: i64,
+    pub role: String,
+    pub user_message: Option<String>,
+    pub turn_id: Option<String>,
+}
+
+/// Where a client message id is unique: its conversation, or, for a send
+/// that started a new conversation, its sender (`user:<id>` / `ip:<addr>`).
+#[derive(Debug, Clone, Copy)]
+pub enum SendKey<'a> {
+    Conversation(i64),
+    Sender(&'a str),
+}
+
+/// The earlier send with `client_message_id` under `key`, if any.
+pub async fn earlier_send(
+    db: &Database,
+    key: SendKey<'_>,
+    client_message_id: &str,
+) -> Result<Option<EarlierSend>, sqlx::Error> {
+    const BY_CONVERSATION: &str = "SELECT id, conversation_id, role, user_message, turn_id FROM messages \
+         WHERE conversation_id = $1 AND client_message_id = $2 LIMIT 1";
+    const BY_SENDER: &str = "SELECT id, conversation_id, role, user_message, turn_id FROM messages \
+         WHERE client_key = $1 AND client_message_id = $2 ORDER BY id LIMIT 1";
+    let client_message_id = client_message_id.to_owned();
+    match key {
+        SendKey::Conversation(conversation_id) => on_reader!(db, conn => {
+            sqlx::query_as::<_, EarlierSend>(BY_CONVERSATION)
+                .bind(conversation_id)
+                .bind(client_message_id.clone())
+                .fetch_optional(conn)
+                .await
+        }),
+        SendKey::Sender(sender) => {
+            let sender = sender.to_owned();
+            on_reader!(db, conn => {
+                sqlx::query_as::<_, EarlierSend>(BY_SENDER)
+                    .bind(sender.clone())
+                    .bind(client_message_id.clone())
+                    .fetch_optional(conn)
+                    .await
+            })
+        }
+    }
+}
+
+/// The answer stored right after message `after` in its conversation (the
+/// first assistant row after it), if any.
+pub async fn answer_after(
+    db: &Database,
+    conversation_id: i64,
+    after: i64,
+) -> Result<Option<String>, sqlx::Error> {
+    on_reader!(db, conn => {
+        sqlx::query_as::<_, (String,)>(
+            "SELECT content FROM messages WHERE conversation_id = $1 AND id > $2 \
+             AND role = 'assistant' ORDER BY id LIMIT 1",
+        )
+        .bind(conversation_id)
+        .bind(after)
+        .fetch_optional(conn)
+        .await
+        .map(|row| row.map(|(content,)| content))
+    })
+}

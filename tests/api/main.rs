@@ -12,6 +12,7 @@ mod conversations;
 mod fault;
 mod feedback;
 mod hardening;
+mod idempotency;
 mod knowledge;
 mod metrics;
 mod resume;
