@@ -187,6 +187,7 @@ impl Application {
                 max_streams_per_user: config.max_streams_per_user,
                 resume_grace: config.stream_resume_grace,
                 replay_ttl: config.stream_replay_ttl,
+                turns_per_minute: config.rate_limit_chat_per_minute,
             },
             Lifecycle {
                 tasks: tasks.clone(),

@@ -125,8 +125,8 @@ struct RouteLimits {
 
 fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
     let mut credentials = auth::credentials_router();
-    let mut turns = chat::turn_router();
-    let mut streams = chat::streaming_router();
+    let turns = chat::turn_router();
+    let streams = chat::streaming_router();
     let mut bounded = OpenApiRouter::new()
         .merge(auth::router())
         .merge(chat::router())
@@ -139,7 +139,6 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
         if let Some(layer) = rate_limit::layer(
             config.rate_limit_auth_per_minute,
             config.trust_forwarded_for,
-            None,
             &state.shutdown,
             rate_limit::Refused {
                 metrics: state.metrics.clone(),
@@ -148,20 +147,8 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
         ) {
             credentials = credentials.layer(layer);
         }
-        if let Some(layer) = rate_limit::layer(
-            config.rate_limit_chat_per_minute,
-            config.trust_forwarded_for,
-            Some(state.auth.clone()),
-            &state.shutdown,
-            rate_limit::Refused {
-                metrics: state.metrics.clone(),
-                scope: "chat",
-            },
-        ) {
-            // One budget shared by one-shot, SSE and WebSocket turns.
-            turns = turns.layer(layer.clone());
-            streams = streams.layer(layer);
-        }
+        // The chat-turn limit is the pipeline's (services::turn_limits): only
+        // it can tell a new turn from a repeated send.
         // Non-streaming requests get a deadline; streams have their own timeouts.
         let timeout =
             TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout);

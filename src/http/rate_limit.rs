@@ -1,5 +1,5 @@
-//! Rate limits (tower_governor): per client IP on signup/login, per user (or
-//! IP when anonymous) on chat turns. Counters live in this process.
+//! The sign-up/login rate limit (tower_governor): per client IP, in this
+//! process. (Chat turns are limited by the pipeline: services::turn_limits.)
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -16,24 +16,12 @@ use tower_governor::GovernorLayer;
 use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
 use tower_governor::key_extractor::KeyExtractor;
 
-use crate::http::extract::bearer_token;
-use crate::services::auth::AuthService;
-
-/// Who a request is counted against.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ClientKey {
-    User(String),
-    Ip(IpAddr),
-}
-
 /// Client IP from the socket, or from the last `X-Forwarded-For` hop (the one
 /// our own proxy appended) when `TRUST_FORWARDED_FOR` says a proxy is in front.
 /// The leftmost entry is never used: clients can forge it.
 #[derive(Clone)]
 pub struct ClientKeyExtractor {
     trust_forwarded_for: bool,
-    /// Present for per-user limits: a valid token counts against its user.
-    auth: Option<AuthService>,
 }
 
 impl ClientKeyExtractor {
@@ -71,27 +59,12 @@ pub fn client_ip(
 }
 
 impl KeyExtractor for ClientKeyExtractor {
-    type Key = ClientKey;
+    type Key = IpAddr;
 
-    fn extract<T>(&self, request: &Request<T>) -> Result<ClientKey, GovernorError> {
-        if let Some(auth) = &self.auth {
-            let token = bearer_token(request.headers()).or_else(|| query_token(request));
-            if let Some(claims) = token.and_then(|token| auth.decode(token).ok()) {
-                return Ok(ClientKey::User(claims.user_id));
-            }
-        }
+    fn extract<T>(&self, request: &Request<T>) -> Result<IpAddr, GovernorError> {
         self.client_ip(request)
-            .map(ClientKey::Ip)
             .ok_or(GovernorError::UnableToExtractKey)
     }
-}
-
-fn query_token<T>(request: &Request<T>) -> Option<&str> {
-    request
-        .uri()
-        .query()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
 }
 
 type Config = GovernorConfig<ClientKeyExtractor, NoOpMiddleware<QuantaInstant>>;
@@ -107,7 +80,6 @@ pub struct Refused {
 pub fn layer(
     per_minute: u32,
     trust_forwarded_for: bool,
-    auth: Option<AuthService>,
     shutdown: &CancellationToken,
     refused: Refused,
 ) -> Option<GovernorLayer<ClientKeyExtractor, NoOpMiddleware<QuantaInstant>, Body>> {
@@ -121,7 +93,6 @@ pub fn layer(
             .burst_size(per_minute)
             .key_extractor(ClientKeyExtractor {
                 trust_forwarded_for,
-                auth,
             })
             .finish()?,
     );

@@ -27,6 +27,7 @@ use crate::services::live::{LiveTurn, TurnHub};
 use crate::services::prompt;
 use crate::services::sends::{self, SendClaims};
 use crate::services::stream_limits::{StreamLimits, StreamSlot};
+use crate::services::turn_limits::TurnLimits;
 use crate::services::turn_log::{TurnEntry, TurnLog, TurnTally};
 use crate::storage::Database;
 use crate::storage::conversations::{self, ConversationRecord};
@@ -334,6 +335,8 @@ pub struct ChatService {
     shutdown: CancellationToken,
     /// Sends with a `client_message_id` that are starting now.
     sends: Arc<SendClaims>,
+    /// The chat-turn rate limit.
+    turn_limits: TurnLimits,
 }
 
 /// Limits of the chat pipeline, from the configuration.
@@ -347,6 +350,8 @@ pub struct ChatSettings {
     pub resume_grace: Duration,
     /// How long an ended turn's events stay (`STREAM_REPLAY_TTL_SECS`).
     pub replay_ttl: Duration,
+    /// Turns per minute per sender (`RATE_LIMIT_CHAT_PER_MINUTE`; 0: off).
+    pub turns_per_minute: u32,
 }
 
 /// What the pipeline's work outside requests answers to: the tracker that
@@ -375,6 +380,7 @@ impl ChatService {
         Self {
             live: Arc::new(TurnHub::new(settings.replay_ttl)),
             sends: Arc::new(SendClaims::default()),
+            turn_limits: TurnLimits::new(settings.turns_per_minute, &shutdown),
             shutdown,
             turn_log: TurnLog::new(db.clone(), tasks.clone()),
             metrics,
@@ -444,6 +450,10 @@ impl ChatService {
             }
             None => None,
         };
+        // A new turn (a repeat returned above): counted against the limit.
+        self.turn_limits.check(&sender).inspect_err(|_| {
+            self.metrics.rate_limited("chat");
+        })?;
         let client_message_id = request.client_message_id.as_deref();
         // Held until the answer ends (or the turn fails before streaming).
         let slot = self.limits.acquire(request.caller).inspect_err(|_| {

@@ -10,4 +10,5 @@ pub mod operator;
 pub mod prompt;
 pub mod sends;
 pub mod stream_limits;
+pub mod turn_limits;
 pub mod turn_log;

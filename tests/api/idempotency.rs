@@ -211,3 +211,56 @@ async fn a_repeated_refusal_is_the_same_refusal_and_bad_ids_are_422() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn repeats_resumes_and_stops_do_not_count_against_the_chat_rate_limit() {
+    let app = spawn_app_with(&[("RATE_LIMIT_CHAT_PER_MINUTE", "2")]).await;
+    let (token, _) = app.signup("limited@example.com").await;
+    let body = send("How do I freeze my card?", "counted-once");
+    for _ in 0..5 {
+        app.post("/api/chat/create", &body, Some(&token))
+            .await
+            .expect(200);
+    }
+    let events = app
+        .stream_events(&json!({"message": "second turn"}), Some(&token))
+        .await;
+    let turn_id = events[0].id.split(':').next().expect("turn").to_string();
+    for _ in 0..5 {
+        app.get(&format!("/api/chat/stream/{turn_id}"), Some(&token))
+            .await;
+        app.post(
+            &format!("/api/chat/stop/{turn_id}"),
+            &json!({}),
+            Some(&token),
+        )
+        .await
+        .expect(200);
+    }
+    // Two turns so far: the third new one is refused, on every transport.
+    let refused = app
+        .post("/api/chat/create", &send("third", "new-one"), Some(&token))
+        .await;
+    refused.expect(429);
+    assert!(refused.headers.contains_key("retry-after"));
+    let frames = {
+        let url = app.ws_url("0", Some(&token));
+        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        socket
+            .send(Message::Text(r#"{"message":"fourth"}"#.into()))
+            .await
+            .expect("send");
+        let mut frames = Vec::new();
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Text(text) = message {
+                frames.push(text.to_string());
+            }
+        }
+        frames
+    };
+    let error: Value = serde_json::from_str(frames.last().expect("frame")).expect("json");
+    assert_eq!(error["event"], "error", "{frames:?}");
+    assert_eq!(app.openai.request_count(), 2);
+}
