@@ -191,6 +191,9 @@ pub struct Config {
     pub jwt_expire_minutes: i64,
     pub bcrypt_cost: u32,
     pub cors_allow_origins: CorsOrigins,
+    /// Shared state for several servers (`REDIS_URL`: `redis://` or
+    /// `rediss://`); `None`: everything in this process.
+    pub redis_url: Option<Secret>,
     pub rate_limit_auth_per_minute: u32,
     pub rate_limit_chat_per_minute: u32,
     pub trust_forwarded_for: bool,
@@ -353,6 +356,16 @@ impl Config {
                 reason: "the built-in default secret is refused when APP_ENV=production".into(),
             });
         }
+        let redis_url = match env.optional("REDIS_URL") {
+            Some(url) => {
+                ::redis::Client::open(url.as_str()).map_err(|err| ConfigError {
+                    variable: "REDIS_URL",
+                    reason: format!("not a Redis URL (redis://host:port/db or rediss://…): {err}"),
+                })?;
+                Some(Secret::new(url))
+            }
+            None => None,
+        };
         let cors_allow_origins = {
             let raw = env.string("CORS_ALLOW_ORIGINS", "*");
             let origins: Vec<String> = raw
@@ -421,6 +434,7 @@ impl Config {
             jwt_expire_minutes: env.parse_in("JWT_EXPIRE_MINUTES", 60, 1..=525_600)?,
             bcrypt_cost: env.parse_in("BCRYPT_COST", 12, 4..=31)?,
             cors_allow_origins,
+            redis_url,
             rate_limit_auth_per_minute: env.parse("RATE_LIMIT_AUTH_PER_MINUTE", 10)?,
             rate_limit_chat_per_minute: env.parse("RATE_LIMIT_CHAT_PER_MINUTE", 30)?,
             trust_forwarded_for: env.parse("TRUST_FORWARDED_FOR", false)?,

@@ -42,7 +42,7 @@ pub enum AppError {
     MethodNotAllowed,
     #[error("Request body too large")]
     PayloadTooLarge,
-    #[error("Too many requests")]
+    #[error("Too Many Requests")]
     TooManyRequests { retry_after: Duration },
     #[error("Model not configured")]
     ModelNotConfigured,

@@ -88,6 +88,7 @@ pub struct Metrics {
     db_connections: Family<StateLabels, Gauge>,
     upstream_errors: Family<UpstreamLabels, Counter>,
     redis: Family<StateLabels, Gauge>,
+    redis_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -120,6 +121,7 @@ impl Metrics {
             db_connections: Family::default(),
             upstream_errors: Family::default(),
             redis: Family::default(),
+            redis_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -191,6 +193,11 @@ impl Metrics {
             "redis_state",
             "1 for the Redis state this server is in (disabled: no REDIS_URL)",
             metrics.redis.clone(),
+        );
+        registry.register(
+            "redis_errors",
+            "Redis commands that failed or timed out (the server fell back to in-process state)",
+            metrics.redis_failures.clone(),
         );
         Self {
             registry,
@@ -280,7 +287,13 @@ impl Metrics {
     }
 
     /// The exposition, with the gauges read at scrape time set first.
-    pub fn render(&self, connections: (usize, usize)) -> Result<String, std::fmt::Error> {
+    /// `redis`: the state this server is in (`disabled`, `connected`,
+    /// `disconnected`) and the Redis commands failed so far.
+    pub fn render(
+        &self,
+        connections: (usize, usize),
+        redis: (&'static str, u64),
+    ) -> Result<String, std::fmt::Error> {
         let (in_use, idle) = connections;
         self.db_connections
             .get_or_create(&StateLabels { state: "in_use" })
@@ -288,9 +301,15 @@ impl Metrics {
         self.db_connections
             .get_or_create(&StateLabels { state: "idle" })
             .set(idle as i64);
-        self.redis
-            .get_or_create(&StateLabels { state: "disabled" })
-            .set(1);
+        let (redis_state, redis_failures) = redis;
+        for state in ["disabled", "connected", "disconnected"] {
+            self.redis
+                .get_or_create(&StateLabels { state })
+                .set(i64::from(state == redis_state));
+        }
+        self.redis_failures
+            .inner()
+            .store(redis_failures, std::sync::atomic::Ordering::Relaxed);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -367,7 +386,7 @@ mod tests {
         metrics.rate_limited("chat");
         metrics.retrieval("local", Duration::from_millis(1), 1, true);
         metrics.upstream_error("status");
-        let declared = families(&metrics.render((0, 0)).unwrap_or_default());
+        let declared = families(&metrics.render((0, 0), ("disabled", 0)).unwrap_or_default());
         let dashboard = include_str!("../deploy/grafana/eloquent.json");
         let readme = include_str!("../README.md");
         let mut queried = 0;
@@ -416,7 +435,7 @@ mod tests {
             200,
             Duration::from_millis(3),
         );
-        let text = metrics.render((1, 2)).unwrap_or_default();
+        let text = metrics.render((1, 2), ("disabled", 0)).unwrap_or_default();
         for line in [
             "eloquent_chat_turns_total{transport=\"sse\",outcome=\"completed\"} 1",
             "eloquent_chat_turns_total{transport=\"websocket\",outcome=\"client_gone\"} 1",

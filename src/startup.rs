@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clients::ClientSetupError;
 use crate::clients::model::ModelClient;
+use crate::clients::redis::Redis;
 use crate::config::Config;
 use crate::http::{self, AppServices, AppState};
 use crate::metrics::Metrics;
@@ -23,6 +24,7 @@ use crate::services::knowledge::{
     retrieve::{Retrieval, Retriever},
 };
 use crate::services::operator::OperatorService;
+use crate::services::rate_limits::RateLimit;
 use crate::storage::{Database, PoolSettings, legacy};
 
 /// Why the server could not start; one line each.
@@ -140,6 +142,13 @@ impl Application {
         let db = open_database(&config).await?;
         let shutdown = CancellationToken::new();
         keep_statistics(db.clone(), shutdown.clone());
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                Redis::new(url.expose())
+                    .map_err(|err| StartupError::Init(format!("REDIS_URL: {err}")))?,
+            ),
+            None => None,
+        };
         let model = ModelClient::new(&config.model)?;
         if model.is_none() {
             tracing::warn!(
@@ -193,12 +202,19 @@ impl Application {
                 tasks: tasks.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
+                redis: redis.clone(),
             },
         );
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let sign_in_limit = RateLimit::new(
+            "auth",
+            config.rate_limit_auth_per_minute,
+            redis.clone(),
+            &shutdown,
+        );
         let state = AppState::new(AppServices {
             config: Arc::new(config),
             auth,
@@ -208,6 +224,8 @@ impl Application {
             metrics,
             operator: OperatorService::new(db.clone()),
             db: db.clone(),
+            sign_in_limit,
+            redis,
         });
         tracing::info!(backend = db.backend_name(), "database ready");
         Ok(Self {

@@ -1,8 +1,9 @@
-//! Clients for the outside world: the chat model and the retrieval index.
+//! Clients for the outside world: the chat model, the retrieval index, Redis.
 
 mod connections;
 pub mod model;
 mod model_http;
+pub mod redis;
 pub mod retrieval;
 
 /// Why an upstream client could not be built at startup.

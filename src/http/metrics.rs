@@ -34,7 +34,12 @@ async fn exposition(
     }
     let text = state
         .metrics
-        .render(state.db.connection_usage())
+        .render(
+            state.db.connection_usage(),
+            state.redis.as_ref().map_or(("disabled", 0), |redis| {
+                (redis.state().as_str(), redis.failures())
+            }),
+        )
         .map_err(|err| AppError::Internal(format!("encoding the metrics: {err}")))?;
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],

@@ -38,11 +38,13 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::clients::redis::Redis;
 use crate::config::{Config, CorsOrigins};
 use crate::metrics::Metrics;
 use crate::services::auth::AuthService;
 use crate::services::chat::ChatService;
 use crate::services::operator::OperatorService;
+use crate::services::rate_limits::RateLimit;
 use crate::storage::Database;
 
 /// Everything a handler needs. Axum clones the state for every request, so
@@ -78,6 +80,10 @@ pub struct AppServices {
     pub operator: OperatorService,
     /// For the metrics' connection gauges.
     pub db: Database,
+    /// `RATE_LIMIT_AUTH_PER_MINUTE` on sign-up and login.
+    pub sign_in_limit: RateLimit,
+    /// Shared with the other servers, when `REDIS_URL` is set.
+    pub redis: Option<Redis>,
 }
 
 #[derive(OpenApi)]
@@ -136,16 +142,11 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
         .merge(health::router());
     if let Some(RouteLimits { state }) = limits {
         let config = &state.config;
-        if let Some(layer) = rate_limit::layer(
-            config.rate_limit_auth_per_minute,
-            config.trust_forwarded_for,
-            &state.shutdown,
-            rate_limit::Refused {
-                metrics: state.metrics.clone(),
-                scope: "auth",
-            },
-        ) {
-            credentials = credentials.layer(layer);
+        if config.rate_limit_auth_per_minute > 0 {
+            credentials = credentials.layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                rate_limit::limit_sign_in,
+            ));
         }
         // The chat-turn limit is the pipeline's (services::turn_limits): only
         // it can tell a new turn from a repeated send.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clients::model::{ModelClient, ModelError, TokenStream};
+use crate::clients::redis::Redis;
 use crate::clients::retrieval::Passage;
 use crate::error::AppError;
 use crate::metrics::Metrics;
@@ -25,9 +26,9 @@ use crate::services::guardrails::{self, Verdict};
 use crate::services::knowledge::retrieve::Retrieval;
 use crate::services::live::{LiveTurn, TurnHub};
 use crate::services::prompt;
+use crate::services::rate_limits::RateLimit;
 use crate::services::sends::{self, SendClaims};
 use crate::services::stream_limits::{StreamLimits, StreamSlot};
-use crate::services::turn_limits::TurnLimits;
 use crate::services::turn_log::{TurnEntry, TurnLog, TurnTally};
 use crate::storage::Database;
 use crate::storage::conversations::{self, ConversationRecord};
@@ -336,7 +337,7 @@ pub struct ChatService {
     /// Sends with a `client_message_id` that are starting now.
     sends: Arc<SendClaims>,
     /// The chat-turn rate limit.
-    turn_limits: TurnLimits,
+    turn_limits: RateLimit,
 }
 
 /// Limits of the chat pipeline, from the configuration.
@@ -361,6 +362,8 @@ pub struct Lifecycle {
     pub tasks: TaskTracker,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// Shared with the other servers, when `REDIS_URL` is set.
+    pub redis: Option<Redis>,
 }
 
 impl ChatService {
@@ -376,11 +379,17 @@ impl ChatService {
             tasks,
             metrics,
             shutdown,
+            redis,
         } = lifecycle;
         Self {
             live: Arc::new(TurnHub::new(settings.replay_ttl)),
             sends: Arc::new(SendClaims::default()),
-            turn_limits: TurnLimits::new(settings.turns_per_minute, &shutdown),
+            turn_limits: RateLimit::new(
+                "chat",
+                settings.turns_per_minute,
+                redis.clone(),
+                &shutdown,
+            ),
             shutdown,
             turn_log: TurnLog::new(db.clone(), tasks.clone()),
             metrics,
@@ -451,7 +460,7 @@ impl ChatService {
             None => None,
         };
         // A new turn (a repeat returned above): counted against the limit.
-        self.turn_limits.check(&sender).inspect_err(|_| {
+        self.turn_limits.check(&sender).await.inspect_err(|_| {
             self.metrics.rate_limited("chat");
         })?;
         let client_message_id = request.client_message_id.as_deref();

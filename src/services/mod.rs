@@ -8,7 +8,7 @@ pub mod knowledge;
 pub mod live;
 pub mod operator;
 pub mod prompt;
+pub mod rate_limits;
 pub mod sends;
 pub mod stream_limits;
-pub mod turn_limits;
 pub mod turn_log;
