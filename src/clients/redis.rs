@@ -19,6 +19,10 @@ use tokio_util::sync::CancellationToken;
 /// Longest wait for one command; past it the command counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// While Redis is down, commands are not even tried (callers fall back at
+/// once instead of waiting for a timeout each), except one probe this often.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
 /// The channel on which servers ask each other to stop a turn.
 pub const STOP_CHANNEL: &str = "eloquent:stop";
 
@@ -33,6 +37,9 @@ struct Inner {
     manager: ConnectionManager,
     up: AtomicBool,
     failures: AtomicU64,
+    /// When the last command failed (ms since `started`).
+    failed_at: AtomicU64,
+    started: std::time::Instant,
 }
 
 /// Redis as the metrics show it.
@@ -70,6 +77,8 @@ impl Redis {
                 manager,
                 up: AtomicBool::new(true),
                 failures: AtomicU64::new(0),
+                failed_at: AtomicU64::new(0),
+                started: std::time::Instant::now(),
             }),
         })
     }
@@ -94,6 +103,21 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = ::redis::RedisResult<T>>,
     {
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        if !self.inner.up.load(Ordering::Relaxed) {
+            let last = self.inner.failed_at.load(Ordering::Relaxed);
+            let probe_due = now.saturating_sub(last) >= PROBE_EVERY.as_millis() as u64;
+            // One caller probes; the others fall back at once.
+            if !probe_due
+                || self
+                    .inner
+                    .failed_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                return None;
+            }
+        }
         let outcome = tokio::time::timeout(COMMAND_TIMEOUT, command(self.inner.manager.clone()))
             .await
             .map_err(|_| "timed out".to_string())
@@ -107,6 +131,10 @@ impl Redis {
             }
             Err(error) => {
                 self.inner.failures.fetch_add(1, Ordering::Relaxed);
+                self.inner.failed_at.store(
+                    self.inner.started.elapsed().as_millis() as u64,
+                    Ordering::Relaxed,
+                );
                 if self.inner.up.swap(false, Ordering::Relaxed) {
                     tracing::warn!(
                         %error,

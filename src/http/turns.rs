@@ -83,7 +83,7 @@ async fn resume(
         .and_then(|value| value.to_str().ok())
         .or(params.last_event_id.as_deref());
     let after = seq_after(&turn_id, last_event_id);
-    match state.chat.resume(caller, &turn_id, after)? {
+    match state.chat.resume(caller, &turn_id, after).await? {
         Some(replies) => Ok(sse_response(&state, replies)),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
@@ -117,7 +117,7 @@ async fn stop(
     MaybeAuthUser(caller): MaybeAuthUser,
     ApiPath(turn_id): ApiPath<String>,
 ) -> Result<Reply<Stopped>, AppError> {
-    let stopped = state.chat.stop(caller, &turn_id)?;
+    let stopped = state.chat.stop(caller, &turn_id).await?;
     Ok(Reply::ok(Stopped { turn_id, stopped }))
 }
 

@@ -28,6 +28,7 @@ use crate::services::live::{LiveTurn, TurnHub};
 use crate::services::prompt;
 use crate::services::rate_limits::RateLimit;
 use crate::services::sends::{self, SendClaims};
+use crate::services::shared_turns::{self, SharedEvent, SharedTurn};
 use crate::services::stream_limits::{StreamLimits, StreamSlot};
 use crate::services::turn_log::{TurnEntry, TurnLog, TurnTally};
 use crate::storage::Database;
@@ -338,6 +339,8 @@ pub struct ChatService {
     sends: Arc<SendClaims>,
     /// The chat-turn rate limit.
     turn_limits: RateLimit,
+    /// Shared with the other servers (turns, limits), when configured.
+    redis: Option<Redis>,
 }
 
 /// Limits of the chat pipeline, from the configuration.
@@ -381,8 +384,19 @@ impl ChatService {
             shutdown,
             redis,
         } = lifecycle;
+        let live = Arc::new(TurnHub::new(settings.replay_ttl, redis.clone()));
+        if let Some(redis) = &redis {
+            // Stop requests made on other servers for turns running here.
+            let live = live.clone();
+            redis.listen_for_stops(shutdown.clone(), move |turn_id| {
+                if let Some(turn) = live.get(turn_id) {
+                    turn.request_stop();
+                }
+            });
+        }
         Self {
-            live: Arc::new(TurnHub::new(settings.replay_ttl)),
+            live,
+            redis: redis.clone(),
             sends: Arc::new(SendClaims::default()),
             turn_limits: RateLimit::new(
                 "chat",
@@ -397,7 +411,11 @@ impl ChatService {
             model,
             retrieval,
             ungrounded_reply: ungrounded_reply.map(Arc::from),
-            limits: StreamLimits::new(settings.max_streams_total, settings.max_streams_per_user),
+            limits: StreamLimits::new(
+                settings.max_streams_total,
+                settings.max_streams_per_user,
+                redis.clone(),
+            ),
             settings,
             tasks,
             histories: Arc::new(HistoryCache::with_weighter(
@@ -459,14 +477,15 @@ impl ChatService {
             }
             None => None,
         };
-        // A new turn (a repeat returned above): counted against the limit.
-        self.turn_limits.check(&sender).await.inspect_err(|_| {
-            self.metrics.rate_limited("chat");
-        })?;
         let client_message_id = request.client_message_id.as_deref();
         // Held until the answer ends (or the turn fails before streaming).
-        let slot = self.limits.acquire(request.caller).inspect_err(|_| {
+        let slot = self.limits.acquire(request.caller).await.inspect_err(|_| {
             self.metrics.rate_limited("streams");
+        })?;
+        // A new turn (a repeat returned above, a refusal by the stream caps
+        // does not start one): counted against the rate limit.
+        self.turn_limits.check(&sender).await.inspect_err(|_| {
+            self.metrics.rate_limited("chat");
         })?;
         let redacted = match guardrails::check(message) {
             Verdict::Refuse { reason, redacted } => {
@@ -655,7 +674,15 @@ impl ChatService {
                         give_up_at = alone_since(*attached.borrow_and_update());
                     }
                 }
-                () = sleep_until_some(give_up_at) => break Ending::Abandoned,
+                () = sleep_until_some(give_up_at) => {
+                    // Followers on other servers (through Redis) count too.
+                    match &self.redis {
+                        Some(redis) if shared_turns::watched(redis, &live.id).await => {
+                            give_up_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                        }
+                        _ => break Ending::Abandoned,
+                    }
+                }
                 item = tokens.next() => match item {
                     Some(Ok(delta)) => {
                         // Recorded before it is sent: the stored partial holds
@@ -740,10 +767,17 @@ impl ChatService {
                 self.view(conversation_id).await?.view,
             )));
         }
-        if let Some(turn) = earlier.turn_id.as_deref().and_then(|id| self.live.get(id)) {
-            return Ok(Some(TurnOutcome::Streaming(ReplyStream::following(
-                turn, 0,
-            ))));
+        if let Some(turn_id) = earlier.turn_id.as_deref() {
+            if let Some(turn) = self.live.get(turn_id) {
+                return Ok(Some(TurnOutcome::Streaming(ReplyStream::following(
+                    turn, 0,
+                ))));
+            }
+            if let Some((redis, shared)) = self.shared_turn(request.caller, turn_id).await? {
+                return Ok(Some(TurnOutcome::Streaming(
+                    self.follow_shared(redis, turn_id, &shared, 0),
+                )));
+            }
         }
         // The turn's events have expired: replay it from what was stored.
         let events = match messages::answer_after(&self.db, conversation_id, earlier.id).await? {
@@ -764,37 +798,113 @@ impl ChatService {
         ))))
     }
 
-    /// A turn of this server the caller may follow or stop: 404 when
-    /// unknown or expired, 403 when the conversation is someone else's.
-    pub fn live_turn(&self, caller: Option<i64>, turn_id: &str) -> Result<Arc<LiveTurn>, AppError> {
-        let turn = self
-            .live
-            .get(turn_id)
-            .ok_or(AppError::NotFound("Turn not found"))?;
-        match turn.owner {
-            Some(owner) if caller != Some(owner) => Err(AppError::Forbidden),
-            _ => Ok(turn),
+    /// A turn of this server, if the caller may follow or stop it (403
+    /// when the conversation is someone else's).
+    fn local_turn(
+        &self,
+        caller: Option<i64>,
+        turn_id: &str,
+    ) -> Result<Option<Arc<LiveTurn>>, AppError> {
+        match self.live.get(turn_id) {
+            Some(turn) => {
+                authorize_owner(turn.owner, caller)?;
+                Ok(Some(turn))
+            }
+            None => Ok(None),
         }
     }
 
-    /// Follows a turn from after event `after`; `None` when the turn has
-    /// ended and the caller has seen its last event.
-    pub fn resume(
+    /// A turn another server runs or ran, if Redis knows it and the caller
+    /// may follow or stop it.
+    async fn shared_turn(
+        &self,
+        caller: Option<i64>,
+        turn_id: &str,
+    ) -> Result<Option<(Redis, SharedTurn)>, AppError> {
+        let Some(redis) = &self.redis else {
+            return Ok(None);
+        };
+        match shared_turns::find(redis, turn_id).await {
+            Some(shared) => {
+                authorize_owner(shared.owner, caller)?;
+                Ok(Some((redis.clone(), shared)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Follows another server's turn through Redis, from after event `after`.
+    fn follow_shared(
+        &self,
+        redis: Redis,
+        turn_id: &str,
+        shared: &SharedTurn,
+        after: u64,
+    ) -> ReplyStream {
+        let turn = self
+            .live
+            .detached(turn_id, shared.conversation_id, shared.owner);
+        let chat = self.clone();
+        let events = shared_turns::follow(redis, turn_id, after).then(move |(seq, event)| {
+            let chat = chat.clone();
+            async move {
+                let event = match event {
+                    SharedEvent::Delta(text) => ReplyEvent::Delta(text),
+                    SharedEvent::Failed(failure) => ReplyEvent::Failed(failure),
+                    SharedEvent::Done(conversation_id) => match chat.view(conversation_id).await {
+                        Ok(history) => ReplyEvent::Done(history.view),
+                        Err(_) => ReplyEvent::Failed(Failure::Storage),
+                    },
+                };
+                (seq, event)
+            }
+        });
+        ReplyStream {
+            conversation_id: shared.conversation_id,
+            turn,
+            events: Box::pin(events),
+        }
+    }
+
+    /// Follows a turn (of this server, or through Redis of another) from
+    /// after event `after`; `None` when the turn has ended and the caller
+    /// has seen its last event; 404 when unknown or expired.
+    pub async fn resume(
         &self,
         caller: Option<i64>,
         turn_id: &str,
         after: u64,
     ) -> Result<Option<ReplyStream>, AppError> {
-        let turn = self.live_turn(caller, turn_id)?;
-        if turn.ended() && after >= turn.last_seq() {
+        if let Some(turn) = self.local_turn(caller, turn_id)? {
+            if turn.ended() && after >= turn.last_seq() {
+                return Ok(None);
+            }
+            return Ok(Some(ReplyStream::following(turn, after)));
+        }
+        let (redis, shared) = self
+            .shared_turn(caller, turn_id)
+            .await?
+            .ok_or(AppError::NotFound("Turn not found"))?;
+        if shared.ended && after >= shared_turns::last_seq(&redis, turn_id).await {
             return Ok(None);
         }
-        Ok(Some(ReplyStream::following(turn, after)))
+        Ok(Some(self.follow_shared(redis, turn_id, &shared, after)))
     }
 
-    /// Asks a turn to stop; false when it had already ended.
-    pub fn stop(&self, caller: Option<i64>, turn_id: &str) -> Result<bool, AppError> {
-        Ok(self.live_turn(caller, turn_id)?.request_stop())
+    /// Asks a turn (of this server, or through Redis of another) to stop;
+    /// false when it had already ended.
+    pub async fn stop(&self, caller: Option<i64>, turn_id: &str) -> Result<bool, AppError> {
+        if let Some(turn) = self.local_turn(caller, turn_id)? {
+            return Ok(turn.request_stop());
+        }
+        let (redis, shared) = self
+            .shared_turn(caller, turn_id)
+            .await?
+            .ok_or(AppError::NotFound("Turn not found"))?;
+        if shared.ended {
+            return Ok(false);
+        }
+        Ok(shared_turns::request_stop(&redis, turn_id).await)
     }
 
     /// A one-shot turn: the whole answer, then the history (contract: POST /api/chat/create).
@@ -1066,6 +1176,15 @@ impl quick_cache::Weighter<i64, CachedHistory> for HistoryWeight {
 type HistoryCache = quick_cache::sync::Cache<i64, CachedHistory, HistoryWeight>;
 
 /// The ownership rule: owned conversations only for their owner; anonymous ones for anyone.
+/// The conversation's access rule, for a turn: its owner only, anyone for
+/// an anonymous one.
+fn authorize_owner(owner: Option<i64>, caller: Option<i64>) -> Result<(), AppError> {
+    match owner {
+        Some(owner) if caller != Some(owner) => Err(AppError::Forbidden),
+        _ => Ok(()),
+    }
+}
+
 fn authorize(conversation: &ConversationRecord, caller: Option<i64>) -> Result<(), AppError> {
     match conversation.user_id {
         Some(owner) if caller != Some(owner) => Err(AppError::Forbidden),

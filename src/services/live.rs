@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::redis::Redis;
 use crate::services::chat::ReplyEvent;
 
 /// A new turn id: 256 random bits (two UUIDv4s, 244 of them random), hex.
@@ -42,6 +43,8 @@ pub struct LiveTurn {
     attached: watch::Sender<usize>,
     /// Cancelled by `POST /api/chat/stop/{turn_id}` (or the WebSocket's stop).
     stop: CancellationToken,
+    /// The copy for other servers (`services::shared_turns`), with Redis.
+    mirror: Option<mpsc::UnboundedSender<(u64, ReplyEvent)>>,
 }
 
 #[derive(Default)]
@@ -51,6 +54,25 @@ struct Log {
 }
 
 impl LiveTurn {
+    fn new(
+        id: Arc<str>,
+        conversation_id: i64,
+        owner: Option<i64>,
+        mirror: Option<mpsc::UnboundedSender<(u64, ReplyEvent)>>,
+    ) -> Self {
+        let (attached, _) = watch::channel(0);
+        Self {
+            id,
+            conversation_id,
+            owner,
+            log: Mutex::new(Log::default()),
+            changed: Notify::new(),
+            attached,
+            stop: CancellationToken::new(),
+            mirror,
+        }
+    }
+
     /// How many followers are attached, as it changes.
     pub fn attached(&self) -> watch::Receiver<usize> {
         self.attached.subscribe()
@@ -77,6 +99,9 @@ impl LiveTurn {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             if log.ended_at.is_some() {
                 return;
+            }
+            if let Some(mirror) = &self.mirror {
+                let _ = mirror.send((log.events.len() as u64 + 1, event.clone()));
             }
             log.events.push(event);
             if ends {
@@ -169,6 +194,8 @@ impl Drop for Attached {
 pub struct TurnHub {
     ttl: Duration,
     turns: Mutex<Turns>,
+    /// Where turns are copied for other servers, when configured.
+    redis: Option<Redis>,
 }
 
 #[derive(Default)]
@@ -180,16 +207,23 @@ struct Turns {
 
 impl TurnHub {
     /// Ended turns are forgotten `ttl` after their end.
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, redis: Option<Redis>) -> Self {
         Self {
             ttl,
             turns: Mutex::new(Turns::default()),
+            redis,
         }
+    }
+
+    /// A turn known only by id, followed from elsewhere (another server's
+    /// turn read through Redis): not kept here, and stopping it does nothing.
+    pub fn detached(&self, id: &str, conversation_id: i64, owner: Option<i64>) -> Arc<LiveTurn> {
+        Arc::new(LiveTurn::new(Arc::from(id), conversation_id, owner, None))
     }
 
     /// Opens a turn.
     pub fn open(&self, conversation_id: i64, owner: Option<i64>) -> Arc<LiveTurn> {
-        self.insert(None, conversation_id, owner)
+        self.insert(None, conversation_id, owner, true)
     }
 
     fn insert(
@@ -197,18 +231,19 @@ impl TurnHub {
         id: Option<Arc<str>>,
         conversation_id: i64,
         owner: Option<i64>,
+        shared: bool,
     ) -> Arc<LiveTurn> {
         let id: Arc<str> = id.unwrap_or_else(|| Arc::from(new_turn_id()));
-        let (attached, _) = watch::channel(0);
-        let turn = Arc::new(LiveTurn {
-            id: id.clone(),
-            conversation_id,
-            owner,
-            log: Mutex::new(Log::default()),
-            changed: Notify::new(),
-            attached,
-            stop: CancellationToken::new(),
+        let mirror = self.redis.as_ref().filter(|_| shared).map(|redis| {
+            crate::services::shared_turns::mirror(
+                redis.clone(),
+                &id,
+                conversation_id,
+                owner,
+                self.ttl,
+            )
         });
+        let turn = Arc::new(LiveTurn::new(id.clone(), conversation_id, owner, mirror));
         let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
         // Forget expired turns, oldest first, stopping at the first one
         // still kept (running, or ended within the TTL): cheap enough to do
@@ -238,7 +273,7 @@ impl TurnHub {
         owner: Option<i64>,
         events: Vec<ReplyEvent>,
     ) -> Arc<LiveTurn> {
-        let turn = self.insert(id.map(Arc::from), conversation_id, owner);
+        let turn = self.insert(id.map(Arc::from), conversation_id, owner, false);
         for event in events {
             turn.push(event);
         }
@@ -265,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_get_every_event_once_in_order_from_where_they_ask() {
-        let hub = TurnHub::new(Duration::from_secs(60));
+        let hub = TurnHub::new(Duration::from_secs(60), None);
         let turn = hub.open(1, None);
         let early = turn.follow(0);
         turn.push(ReplyEvent::Delta("a".into()));
@@ -297,7 +332,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_are_counted_while_attached() {
-        let hub = TurnHub::new(Duration::from_secs(60));
+        let hub = TurnHub::new(Duration::from_secs(60), None);
         let turn = hub.open(1, Some(7));
         let attached = turn.attached();
         let first = turn.attach();
@@ -312,7 +347,7 @@ mod tests {
 
     #[tokio::test]
     async fn ended_turns_are_forgotten_after_the_ttl() {
-        let hub = TurnHub::new(Duration::ZERO);
+        let hub = TurnHub::new(Duration::ZERO, None);
         let turn = hub.open(1, None);
         assert!(hub.get(&turn.id).is_some(), "running turns are kept");
         turn.push(ReplyEvent::Failed(Failure::Upstream));

@@ -10,5 +10,6 @@ pub mod operator;
 pub mod prompt;
 pub mod rate_limits;
 pub mod sends;
+pub mod shared_turns;
 pub mod stream_limits;
 pub mod turn_log;

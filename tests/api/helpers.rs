@@ -445,3 +445,77 @@ pub fn python_style_token(
 pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
+
+/// A private `redis-server` on a loopback port, stopped when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one; `None` when `redis-server` is not installed (then the
+    /// Redis tests skip, unless `EXPECT_REDIS=1`, as CI sets, makes that a
+    /// failure).
+    pub async fn start() -> Option<Self> {
+        let installed = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !installed {
+            assert!(
+                std::env::var("EXPECT_REDIS").is_err(),
+                "EXPECT_REDIS is set but redis-server is not installed"
+            );
+            eprintln!("redis-server is not installed: skipping this Redis test");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("free port")
+            .port();
+        let mut server = Self { port, child: None };
+        server.restart().await;
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts it (again) on its port and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut socket) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut reply = [0u8; 7];
+                if socket.write_all(b"PING\r\n").await.is_ok()
+                    && socket.read_exact(&mut reply).await.is_ok()
+                    && &reply == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops it (as a crash would: no shutdown save).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}

@@ -15,6 +15,7 @@ mod hardening;
 mod idempotency;
 mod knowledge;
 mod metrics;
+mod redis;
 mod resume;
 mod storage;
 mod streaming;
