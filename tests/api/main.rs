@@ -7,6 +7,7 @@ mod analytics;
 mod auth;
 mod basics;
 mod battery;
+mod browser;
 mod chat;
 mod conversations;
 mod fault;
