@@ -469,9 +469,23 @@ impl ChatService {
                     Some(conversation) => SendKey::Conversation(conversation),
                     None => SendKey::Sender(&sender),
                 };
-                let claim = self.sends.claim(send_claim_key(key, id)).await;
+                let claim_key = send_claim_key(key, id);
+                let claim = self.sends.claim(claim_key.clone()).await;
                 if let Some(repeat) = self.repeat(&request, message, key, id).await? {
                     return Ok(repeat);
+                }
+                // Across servers: the first to claim the send in Redis starts
+                // it; a repeat elsewhere waits for its question to be stored.
+                if let Some(redis) = &self.redis
+                    && !sends::claim_shared(redis, &claim_key).await
+                {
+                    let deadline = tokio::time::Instant::now() + sends::SHARED_CLAIM_TTL;
+                    while tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if let Some(repeat) = self.repeat(&request, message, key, id).await? {
+                            return Ok(repeat);
+                        }
+                    }
                 }
                 Some(claim)
             }
@@ -595,6 +609,16 @@ impl ChatService {
         );
         if let Err(err) = stored {
             live.push(ReplyEvent::Failed(Failure::Storage));
+            // Another server stored the same client message id first (the
+            // in-process claim does not reach it): this send is its repeat.
+            if let (sqlx::Error::Database(db), Some(id)) = (&err, client_message_id)
+                && db.is_unique_violation()
+            {
+                let key = SendKey::Conversation(conversation_id);
+                if let Some(repeat) = self.repeat(&request, message, key, id).await? {
+                    return Ok(repeat);
+                }
+            }
             return Err(err.into());
         }
         let tokens = match tokens {

@@ -3,8 +3,10 @@
 //! repeat of it waits; after that, the repeat finds the stored question
 //! and reattaches to its turn.
 //!
-//! In-process: one server's sends. (Across servers the stored question's
-//! unique index still keeps one turn per id in a conversation.)
+//! In-process with a lock per key; across servers (Redis) the first server
+//! to `SET NX` the key starts the send and the others wait for its stored
+//! question ([`claim_shared`]); the stored question's unique index keeps
+//! one turn per id in a conversation even when Redis is down.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -12,6 +14,30 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::AppError;
+
+/// How long a shared claim holds (a send's start takes milliseconds to a
+/// few seconds: the model's first response); a repeat waits at most this.
+pub const SHARED_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Claims a send across servers: false when another server claimed it
+/// first (and the claim has not expired). True when Redis is down: each
+/// server then goes by its own claims.
+pub async fn claim_shared(redis: &crate::clients::redis::Redis, key: &str) -> bool {
+    let key = format!("eloquent:send:{key}");
+    redis
+        .run("send claim", |mut connection| async move {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(SHARED_CLAIM_TTL.as_millis() as u64)
+                .query_async::<Option<String>>(&mut connection)
+                .await
+        })
+        .await
+        .is_none_or(|set| set.is_some())
+}
 
 /// Longest `client_message_id` accepted.
 pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 64;

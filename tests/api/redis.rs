@@ -322,3 +322,25 @@ async fn servers_keep_answering_while_redis_is_down_and_reconnect_by_themselves(
     };
     assert_eq!(deltas(&replay), deltas(&events), "{replay:?}");
 }
+
+#[tokio::test]
+async fn the_same_send_on_two_servers_at_once_starts_one_turn() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (first, second) = two_servers(&redis, &[]).await;
+    let (token, _) = first.signup("double@example.com").await;
+    let body = json!({"message": "How do I freeze my card?", "client_message_id": "both-at-once"});
+    let (a, b) = tokio::join!(
+        first.post("/api/chat/create", &body, Some(&token)),
+        second.post("/api/chat/create", &body, Some(&token))
+    );
+    let (a, b) = (a.expect(200).clone(), b.expect(200).clone());
+    assert_eq!(a["conversation_id"], b["conversation_id"]);
+    assert_eq!(a["messages"], b["messages"]);
+    assert_eq!(
+        first.openai.request_count() + second.openai.request_count(),
+        1,
+        "one model call in all"
+    );
+}
