@@ -24,11 +24,11 @@ use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::services::guardrails::{self, Verdict};
 use crate::services::knowledge::retrieve::Retrieval;
-use crate::services::live::{LiveTurn, TurnHub};
+use crate::services::live::{LiveEvent, LiveTurn, TurnHub};
 use crate::services::prompt;
 use crate::services::rate_limits::RateLimit;
 use crate::services::sends::{self, SendClaims};
-use crate::services::shared_turns::{self, SharedEvent, SharedTurn};
+use crate::services::shared_turns::{self, SharedTurn};
 use crate::services::stream_limits::{StreamLimits, StreamSlot};
 use crate::services::turn_log::{TurnEntry, TurnLog, TurnTally};
 use crate::storage::Database;
@@ -280,16 +280,6 @@ pub struct ReplyStream {
     events: Pin<Box<dyn Stream<Item = (u64, ReplyEvent)> + Send>>,
 }
 
-impl ReplyStream {
-    fn following(turn: Arc<LiveTurn>, after: u64) -> Self {
-        Self {
-            conversation_id: turn.conversation_id,
-            events: Box::pin(turn.follow(after)),
-            turn,
-        }
-    }
-}
-
 impl Stream for ReplyStream {
     type Item = (u64, ReplyEvent);
 
@@ -385,6 +375,20 @@ impl ChatService {
             redis,
         } = lifecycle;
         let live = Arc::new(TurnHub::new(settings.replay_ttl, redis.clone()));
+        {
+            // Ended turns are forgotten on the next open; this frees them
+            // when no new turn comes.
+            let (live, shutdown) = (live.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = every.tick() => live.sweep(),
+                    }
+                }
+            });
+        }
         if let Some(redis) = &redis {
             // Stop requests made on other servers for turns running here.
             let live = live.clone();
@@ -585,7 +589,7 @@ impl ChatService {
             && let Some(reply) = &self.ungrounded_reply
         {
             if let Err(err) = messages::insert(&self.db, user_message).await {
-                live.push(ReplyEvent::Failed(Failure::Storage));
+                live.push(LiveEvent::Failed(Failure::Storage));
                 return Err(err.into());
             }
             let tokens: TokenStream = Box::pin(futures::stream::iter([Ok(reply.to_string())]));
@@ -608,7 +612,7 @@ impl ChatService {
             model.stream_chat(&prompt_messages)
         );
         if let Err(err) = stored {
-            live.push(ReplyEvent::Failed(Failure::Storage));
+            live.push(LiveEvent::Failed(Failure::Storage));
             // Another server stored the same client message id first (the
             // in-process claim does not reach it): this send is its repeat.
             if let (sqlx::Error::Database(db), Some(id)) = (&err, client_message_id)
@@ -624,7 +628,7 @@ impl ChatService {
         let tokens = match tokens {
             Ok(tokens) => tokens,
             Err(err) => {
-                live.push(ReplyEvent::Failed(Failure::Upstream));
+                live.push(LiveEvent::Failed(Failure::Upstream));
                 self.metrics.upstream_error(error_kind(&err));
                 self.metrics.turn_ended(transport, turn_outcome(&err));
                 self.turn_log.record(entry, turn_outcome(&err), None, None);
@@ -653,7 +657,7 @@ impl ChatService {
         tally: TurnTally,
     ) -> ReplyStream {
         // Attached before the driver runs: it never sees an empty turn at first.
-        let follower = ReplyStream::following(live.clone(), 0);
+        let follower = self.follow_live(live.clone(), 0);
         self.tasks
             .spawn(self.clone().drive(live, tokens, slot, grounding, tally));
         follower
@@ -713,7 +717,7 @@ impl ChatService {
                         // at least what any follower saw.
                         answer.text.push_str(&delta);
                         tally.token();
-                        live.push(ReplyEvent::Delta(delta));
+                        live.push(LiveEvent::Delta(delta));
                     }
                     Some(Err(err)) => {
                         failure = Some(err);
@@ -729,20 +733,20 @@ impl ChatService {
         let stored = answer.store().await;
         if ending == Ending::Shutdown {
             tally.ended("client_gone");
-            live.push(ReplyEvent::Failed(Failure::Shutdown));
+            live.push(LiveEvent::Failed(Failure::Shutdown));
             return;
         }
         if let Some(err) = failure {
             tracing::warn!(conversation_id, error = %err, "model stream failed mid-answer");
             self.metrics.upstream_error(error_kind(&err));
             tally.ended(turn_outcome(&err));
-            live.push(ReplyEvent::Failed(Failure::Upstream));
+            live.push(LiveEvent::Failed(Failure::Upstream));
             return;
         }
         if let Err(err) = stored {
             tracing::error!(conversation_id, error = %err, "storing the answer failed");
             tally.ended("storage_error");
-            live.push(ReplyEvent::Failed(Failure::Storage));
+            live.push(LiveEvent::Failed(Failure::Storage));
             return;
         }
         tally.ended(match ending {
@@ -750,13 +754,8 @@ impl ChatService {
             Ending::Abandoned => "client_gone",
             Ending::Finished | Ending::Shutdown => "completed",
         });
-        match self.view(conversation_id).await {
-            Ok(history) => live.push(ReplyEvent::Done(history.view)),
-            Err(err) => {
-                tracing::error!(conversation_id, error = %err, "loading the history failed");
-                live.push(ReplyEvent::Failed(Failure::Storage));
-            }
-        }
+        // Each follower reads the history with the answer when it gets here.
+        live.push(LiveEvent::Done);
     }
 
     /// The first turn of a repeated send (same `client_message_id` under the
@@ -793,9 +792,7 @@ impl ChatService {
         }
         if let Some(turn_id) = earlier.turn_id.as_deref() {
             if let Some(turn) = self.live.get(turn_id) {
-                return Ok(Some(TurnOutcome::Streaming(ReplyStream::following(
-                    turn, 0,
-                ))));
+                return Ok(Some(TurnOutcome::Streaming(self.follow_live(turn, 0))));
             }
             if let Some((redis, shared)) = self.shared_turn(request.caller, turn_id).await? {
                 return Ok(Some(TurnOutcome::Streaming(
@@ -805,11 +802,8 @@ impl ChatService {
         }
         // The turn's events have expired: replay it from what was stored.
         let events = match messages::answer_after(&self.db, conversation_id, earlier.id).await? {
-            Some(answer) => vec![
-                ReplyEvent::Delta(answer),
-                ReplyEvent::Done(self.view(conversation_id).await?.view),
-            ],
-            None => vec![ReplyEvent::Failed(Failure::Upstream)],
+            Some(answer) => vec![LiveEvent::Delta(answer), LiveEvent::Done],
+            None => vec![LiveEvent::Failed(Failure::Upstream)],
         };
         let turn = self.live.replay(
             earlier.turn_id.as_deref(),
@@ -817,9 +811,7 @@ impl ChatService {
             conversation.user_id,
             events,
         );
-        Ok(Some(TurnOutcome::Streaming(ReplyStream::following(
-            turn, 0,
-        ))))
+        Ok(Some(TurnOutcome::Streaming(self.follow_live(turn, 0))))
     }
 
     /// A turn of this server, if the caller may follow or stop it (403
@@ -868,23 +860,43 @@ impl ChatService {
         let turn = self
             .live
             .detached(turn_id, shared.conversation_id, shared.owner);
+        self.reply_stream(turn, shared_turns::follow(redis, turn_id, after))
+    }
+
+    /// Follows a turn of this server from after event `after`.
+    fn follow_live(&self, turn: Arc<LiveTurn>, after: u64) -> ReplyStream {
+        let events = turn.follow(after);
+        self.reply_stream(turn, events)
+    }
+
+    /// A turn's events for a client: the final `done` with the history read
+    /// now (the log keeps no history).
+    fn reply_stream(
+        &self,
+        turn: Arc<LiveTurn>,
+        events: impl Stream<Item = (u64, LiveEvent)> + Send + 'static,
+    ) -> ReplyStream {
         let chat = self.clone();
-        let events = shared_turns::follow(redis, turn_id, after).then(move |(seq, event)| {
+        let conversation_id = turn.conversation_id;
+        let events = events.then(move |(seq, event)| {
             let chat = chat.clone();
             async move {
                 let event = match event {
-                    SharedEvent::Delta(text) => ReplyEvent::Delta(text),
-                    SharedEvent::Failed(failure) => ReplyEvent::Failed(failure),
-                    SharedEvent::Done(conversation_id) => match chat.view(conversation_id).await {
+                    LiveEvent::Delta(text) => ReplyEvent::Delta(text),
+                    LiveEvent::Failed(failure) => ReplyEvent::Failed(failure),
+                    LiveEvent::Done => match chat.view(conversation_id).await {
                         Ok(history) => ReplyEvent::Done(history.view),
-                        Err(_) => ReplyEvent::Failed(Failure::Storage),
+                        Err(err) => {
+                            tracing::error!(conversation_id, error = %err, "loading the history failed");
+                            ReplyEvent::Failed(Failure::Storage)
+                        }
                     },
                 };
                 (seq, event)
             }
         });
         ReplyStream {
-            conversation_id: shared.conversation_id,
+            conversation_id,
             turn,
             events: Box::pin(events),
         }
@@ -903,7 +915,7 @@ impl ChatService {
             if turn.ended() && after >= turn.last_seq() {
                 return Ok(None);
             }
-            return Ok(Some(ReplyStream::following(turn, after)));
+            return Ok(Some(self.follow_live(turn, after)));
         }
         let (redis, shared) = self
             .shared_turn(caller, turn_id)

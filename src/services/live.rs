@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::redis::Redis;
-use crate::services::chat::ReplyEvent;
+use crate::services::chat::Failure;
 
 /// A new turn id: 256 random bits (two UUIDv4s, 244 of them random), hex.
 /// Unguessable: for an anonymous conversation it is the only key to the turn.
@@ -44,13 +44,52 @@ pub struct LiveTurn {
     /// Cancelled by `POST /api/chat/stop/{turn_id}` (or the WebSocket's stop).
     stop: CancellationToken,
     /// The copy for other servers (`services::shared_turns`), with Redis.
-    mirror: Option<mpsc::UnboundedSender<(u64, ReplyEvent)>>,
+    mirror: Option<mpsc::UnboundedSender<(u64, LiveEvent)>>,
 }
 
+/// One event of a turn as the log keeps it. The final `done` names no
+/// history: a follower reads the conversation's history when it gets there
+/// (a history is kilobytes, and ended turns are kept for the replay window).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveEvent {
+    Delta(String),
+    Done,
+    Failed(Failure),
+}
+
+/// A turn's events, compactly: the deltas' text end to end with where each
+/// ends (4 bytes a delta instead of a `String` each), then the final event.
+/// Measured: 10,000 ended turns of 100 deltas held 370 MiB as events with
+/// their histories (bench section 3, RSS 12 s after the run).
 #[derive(Default)]
 struct Log {
-    events: Vec<ReplyEvent>,
+    text: String,
+    ends: Vec<u32>,
+    last: Option<LiveEvent>,
     ended_at: Option<Instant>,
+}
+
+impl Log {
+    fn len(&self) -> usize {
+        self.ends.len() + usize::from(self.last.is_some())
+    }
+
+    /// Event number `index + 1`.
+    fn get(&self, index: usize) -> Option<LiveEvent> {
+        if let Some(&end) = self.ends.get(index) {
+            let start = index
+                .checked_sub(1)
+                .and_then(|before| self.ends.get(before))
+                .map_or(0, |&end| end as usize);
+            return self
+                .text
+                .get(start..end as usize)
+                .map(|text| LiveEvent::Delta(text.to_owned()));
+        }
+        (index == self.ends.len())
+            .then(|| self.last.clone())
+            .flatten()
+    }
 }
 
 impl LiveTurn {
@@ -58,7 +97,7 @@ impl LiveTurn {
         id: Arc<str>,
         conversation_id: i64,
         owner: Option<i64>,
-        mirror: Option<mpsc::UnboundedSender<(u64, ReplyEvent)>>,
+        mirror: Option<mpsc::UnboundedSender<(u64, LiveEvent)>>,
     ) -> Self {
         let (attached, _) = watch::channel(0);
         Self {
@@ -92,20 +131,29 @@ impl LiveTurn {
         true
     }
 
-    /// Appends an event (numbered with the next sequence number).
-    pub fn push(&self, event: ReplyEvent) {
-        let ends = !matches!(event, ReplyEvent::Delta(_));
+    /// Appends an event (numbered with the next sequence number); nothing
+    /// after the final one.
+    pub fn push(&self, event: LiveEvent) {
         {
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
             if log.ended_at.is_some() {
                 return;
             }
             if let Some(mirror) = &self.mirror {
-                let _ = mirror.send((log.events.len() as u64 + 1, event.clone()));
+                let _ = mirror.send((log.len() as u64 + 1, event.clone()));
             }
-            log.events.push(event);
-            if ends {
-                log.ended_at = Some(Instant::now());
+            match event {
+                LiveEvent::Delta(text) => {
+                    log.text.push_str(&text);
+                    let end = u32::try_from(log.text.len()).unwrap_or(u32::MAX);
+                    log.ends.push(end);
+                }
+                last => {
+                    log.last = Some(last);
+                    log.ended_at = Some(Instant::now());
+                    log.text.shrink_to_fit();
+                    log.ends.shrink_to_fit();
+                }
             }
         }
         self.changed.notify_waiters();
@@ -124,7 +172,6 @@ impl LiveTurn {
         self.log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .events
             .len() as u64
     }
 
@@ -147,7 +194,7 @@ impl LiveTurn {
     pub fn follow(
         self: &Arc<Self>,
         after: u64,
-    ) -> impl Stream<Item = (u64, ReplyEvent)> + Send + 'static {
+    ) -> impl Stream<Item = (u64, LiveEvent)> + Send + 'static {
         let attached = self.attach();
         async_stream::stream! {
             let turn = attached.0.clone();
@@ -159,7 +206,7 @@ impl LiveTurn {
                 changed.as_mut().enable();
                 let (ready, ended) = {
                     let log = turn.log.lock().unwrap_or_else(PoisonError::into_inner);
-                    let ready: Vec<ReplyEvent> = log.events.get(next..).unwrap_or_default().to_vec();
+                    let ready: Vec<LiveEvent> = (next..log.len()).filter_map(|index| log.get(index)).collect();
                     (ready, log.ended_at.is_some())
                 };
                 if ready.is_empty() {
@@ -271,13 +318,23 @@ impl TurnHub {
         id: Option<&str>,
         conversation_id: i64,
         owner: Option<i64>,
-        events: Vec<ReplyEvent>,
+        events: Vec<LiveEvent>,
     ) -> Arc<LiveTurn> {
         let turn = self.insert(id.map(Arc::from), conversation_id, owner, false);
         for event in events {
             turn.push(event);
         }
         turn
+    }
+
+    /// Forgets the expired turns (also done on every open; this is for when
+    /// no new turn comes).
+    pub fn sweep(&self) {
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        let ttl = self.ttl;
+        turns.by_id.retain(|_, turn| !turn.expired(ttl));
+        let Turns { by_id, order } = &mut *turns;
+        order.retain(|id| by_id.contains_key(id));
     }
 
     /// A turn still kept.
@@ -296,22 +353,21 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::services::chat::Failure;
 
     #[tokio::test]
     async fn followers_get_every_event_once_in_order_from_where_they_ask() {
         let hub = TurnHub::new(Duration::from_secs(60), None);
         let turn = hub.open(1, None);
         let early = turn.follow(0);
-        turn.push(ReplyEvent::Delta("a".into()));
-        turn.push(ReplyEvent::Delta("b".into()));
+        turn.push(LiveEvent::Delta("a".into()));
+        turn.push(LiveEvent::Delta("b".into()));
         let late = turn.follow(1);
         let pusher = {
             let turn = turn.clone();
             tokio::spawn(async move {
-                turn.push(ReplyEvent::Delta("c".into()));
-                turn.push(ReplyEvent::Failed(Failure::Upstream));
-                turn.push(ReplyEvent::Delta("after the end".into()));
+                turn.push(LiveEvent::Delta("c".into()));
+                turn.push(LiveEvent::Failed(Failure::Upstream));
+                turn.push(LiveEvent::Delta("after the end".into()));
             })
         };
         let early: Vec<(u64, String)> = early
@@ -350,7 +406,7 @@ mod tests {
         let hub = TurnHub::new(Duration::ZERO, None);
         let turn = hub.open(1, None);
         assert!(hub.get(&turn.id).is_some(), "running turns are kept");
-        turn.push(ReplyEvent::Failed(Failure::Upstream));
+        turn.push(LiveEvent::Failed(Failure::Upstream));
         assert!(hub.get(&turn.id).is_none());
         let next = hub.open(2, None);
         assert!(hub.get(&next.id).is_some());

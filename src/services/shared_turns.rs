@@ -5,7 +5,7 @@
 //! Keys, per turn: `eloquent:turn:<id>` (a hash: `conversation_id`,
 //! `owner`, `ended`) and `eloquent:turn:<id>:events` (a stream whose entry
 //! ids are `<seq>-1`, fields `k` = `d` (delta, `v` its text), `done` (`v`
-//! the conversation id) or `error` (`v` `upstream`/`storage`/`shutdown`)).
+//! the conversation id, whose history the reader reads itself) or `error` (`v` `upstream`/`storage`/`shutdown`)).
 //! Both live an hour while the turn runs and `STREAM_REPLAY_TTL_SECS`
 //! after its end; the stream is capped at [`MAX_EVENTS`] entries.
 //!
@@ -22,7 +22,8 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::clients::redis::{Redis, STOP_CHANNEL};
-use crate::services::chat::{Failure, ReplyEvent};
+use crate::services::chat::Failure;
+use crate::services::live::LiveEvent;
 
 /// Longest stream kept per turn (an answer is far shorter).
 const MAX_EVENTS: usize = 100_000;
@@ -37,15 +38,6 @@ pub struct SharedTurn {
     pub conversation_id: i64,
     pub owner: Option<i64>,
     pub ended: bool,
-}
-
-/// One event as another server reads it: the final `done` names the
-/// conversation, whose history that server reads itself.
-#[derive(Debug, Clone)]
-pub enum SharedEvent {
-    Delta(String),
-    Done(i64),
-    Failed(Failure),
 }
 
 /// One stream entry as `XRANGE` answers it: its id and its fields.
@@ -89,8 +81,8 @@ pub fn mirror(
     conversation_id: i64,
     owner: Option<i64>,
     replay_ttl: Duration,
-) -> mpsc::UnboundedSender<(u64, ReplyEvent)> {
-    let (sender, mut events) = mpsc::unbounded_channel::<(u64, ReplyEvent)>();
+) -> mpsc::UnboundedSender<(u64, LiveEvent)> {
+    let (sender, mut events) = mpsc::unbounded_channel::<(u64, LiveEvent)>();
     let (meta, stream) = (meta_key(turn_id), events_key(turn_id));
     tokio::spawn(async move {
         let owner = owner.map_or_else(String::new, |owner| owner.to_string());
@@ -127,9 +119,9 @@ pub fn mirror(
             let mut pipe = redis::pipe();
             for (seq, event) in batch.drain(..) {
                 let (kind, value) = match event {
-                    ReplyEvent::Delta(text) => ("d", text),
-                    ReplyEvent::Done(view) => ("done", view.conversation_id.to_string()),
-                    ReplyEvent::Failed(failure) => ("error", failure_code(failure).to_string()),
+                    LiveEvent::Delta(text) => ("d", text),
+                    LiveEvent::Done => ("done", conversation_id.to_string()),
+                    LiveEvent::Failed(failure) => ("error", failure_code(failure).to_string()),
                 };
                 ended |= kind != "d";
                 pipe.cmd("XADD")
@@ -248,7 +240,7 @@ pub fn follow(
     redis: Redis,
     turn_id: &str,
     after: u64,
-) -> impl Stream<Item = (u64, SharedEvent)> + Send + 'static {
+) -> impl Stream<Item = (u64, LiveEvent)> + Send + 'static {
     let stream = events_key(turn_id);
     let meta = meta_key(turn_id);
     let watch = watch_key(turn_id);
@@ -301,11 +293,11 @@ pub fn follow(
                 };
                 let value = field("v");
                 let event = match field("k").as_str() {
-                    "d" => SharedEvent::Delta(value),
-                    "done" => SharedEvent::Done(value.parse().unwrap_or_default()),
-                    _ => SharedEvent::Failed(failure_of(&value)),
+                    "d" => LiveEvent::Delta(value),
+                    "done" => LiveEvent::Done,
+                    _ => LiveEvent::Failed(failure_of(&value)),
                 };
-                let ends = !matches!(event, SharedEvent::Delta(_));
+                let ends = !matches!(event, LiveEvent::Delta(_));
                 yield (seq, event);
                 if ends {
                     return;
@@ -321,7 +313,7 @@ pub fn follow(
                     .await;
                 missing = if exists == Some(0) { missing + 1 } else { 0 };
                 if missing >= 3 {
-                    yield (next + 1, SharedEvent::Failed(Failure::Upstream));
+                    yield (next + 1, LiveEvent::Failed(Failure::Upstream));
                     return;
                 }
                 tokio::time::sleep(POLL).await;
