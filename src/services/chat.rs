@@ -879,12 +879,15 @@ impl ChatService {
         let chat = self.clone();
         let conversation_id = turn.conversation_id;
         let events = events.then(move |(seq, event)| {
-            let chat = chat.clone();
+            // Only the final event needs the service (a clone is a dozen
+            // reference counts: not per token).
+            let chat = matches!(event, LiveEvent::Done).then(|| chat.clone());
             async move {
-                let event = match event {
-                    LiveEvent::Delta(text) => ReplyEvent::Delta(text),
-                    LiveEvent::Failed(failure) => ReplyEvent::Failed(failure),
-                    LiveEvent::Done => match chat.view(conversation_id).await {
+                let event = match (event, chat) {
+                    (LiveEvent::Delta(text), _) => ReplyEvent::Delta(text),
+                    (LiveEvent::Failed(failure), _) => ReplyEvent::Failed(failure),
+                    (LiveEvent::Done, None) => ReplyEvent::Failed(Failure::Storage),
+                    (LiveEvent::Done, Some(chat)) => match chat.view(conversation_id).await {
                         Ok(history) => ReplyEvent::Done(history.view),
                         Err(err) => {
                             tracing::error!(conversation_id, error = %err, "loading the history failed");
