@@ -41,6 +41,15 @@ pub enum Behaviour {
     },
 }
 
+/// `tokens` tokens ` t0`, ` t1`, … each `delay_ms` apart: an answer long
+/// enough to leave, resume or stop in the middle of.
+pub fn slow(tokens: usize, delay_ms: u64) -> Behaviour {
+    Behaviour::Tokens {
+        tokens: (0..tokens).map(|i| format!(" t{i}")).collect(),
+        delay: Duration::from_millis(delay_ms),
+    }
+}
+
 #[derive(Default)]
 struct OpenAiState {
     behaviour: Mutex<Option<Behaviour>>,

@@ -3,33 +3,13 @@
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::fakes::Behaviour;
-use crate::helpers::{TestApp, deltas, read_sse, spawn_app, spawn_app_with};
+use crate::helpers::{deltas, read_sse, spawn_app, spawn_app_with};
 
 fn send(message: &str, id: &str) -> Value {
     json!({"conversation_id": null, "message": message, "client_message_id": id})
-}
-
-/// A WebSocket turn on a new conversation; returns every text frame.
-async fn ws_send(app: &TestApp, frame: &Value) -> Vec<String> {
-    let (mut socket, _) = tokio_tungstenite::connect_async(app.ws_url("0", None))
-        .await
-        .expect("connect");
-    socket
-        .send(Message::Text(frame.to_string().into()))
-        .await
-        .expect("send");
-    let mut frames = Vec::new();
-    while let Some(Ok(message)) = socket.next().await {
-        if let Message::Text(text) = message {
-            frames.push(text.to_string());
-        }
-    }
-    frames
 }
 
 #[tokio::test]
@@ -110,7 +90,7 @@ async fn a_repeated_stream_reattaches_to_the_running_turn_on_any_transport() {
     assert_eq!(deltas(&events), expected);
     assert_eq!(events.last().map(|e| e.event.as_str()), Some("done"));
     // Over the WebSocket too: the turn frame again, then the whole answer.
-    let frames = ws_send(&app, &body).await;
+    let frames = app.ws_turn("0", None, &body.to_string()).await;
     let turn: Value = serde_json::from_str(&frames[0]).expect("turn frame");
     assert_eq!(turn["event"], "turn");
     assert_eq!(turn["turn_id"], turn_id.as_str());
@@ -201,7 +181,13 @@ async fn a_repeated_refusal_is_the_same_refusal_and_bad_ids_are_422() {
             "{id}"
         );
     }
-    let frames = ws_send(&app, &json!({"message": "Hi", "client_message_id": ""})).await;
+    let frames = app
+        .ws_turn(
+            "0",
+            None,
+            &json!({"message": "Hi", "client_message_id": ""}).to_string(),
+        )
+        .await;
     let error: Value = serde_json::from_str(frames.last().expect("frame")).expect("json");
     assert_eq!(error["event"], "error");
     assert!(
@@ -243,23 +229,9 @@ async fn repeats_resumes_and_stops_do_not_count_against_the_chat_rate_limit() {
         .await;
     refused.expect(429);
     assert!(refused.headers.contains_key("retry-after"));
-    let frames = {
-        let url = app.ws_url("0", Some(&token));
-        let (mut socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
-        socket
-            .send(Message::Text(r#"{"message":"fourth"}"#.into()))
-            .await
-            .expect("send");
-        let mut frames = Vec::new();
-        while let Some(Ok(message)) = socket.next().await {
-            if let Message::Text(text) = message {
-                frames.push(text.to_string());
-            }
-        }
-        frames
-    };
+    let frames = app
+        .ws_turn("0", Some(&token), r#"{"message":"fourth"}"#)
+        .await;
     let error: Value = serde_json::from_str(frames.last().expect("frame")).expect("json");
     assert_eq!(error["event"], "error", "{frames:?}");
     assert_eq!(app.openai.request_count(), 2);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::fakes::Behaviour;
+use crate::fakes::slow;
 use crate::helpers::{RedisServer, TestApp, deltas, read_sse, spawn_app_with, try_spawn_app_on};
 
 /// Two servers sharing one database and `redis`, with `overrides`.
@@ -24,13 +24,6 @@ async fn two_servers(redis: &RedisServer, overrides: &[(&str, &str)]) -> (TestAp
     .await
     .expect("second server");
     (first, second)
-}
-
-fn slow(tokens: usize, delay_ms: u64) -> Behaviour {
-    Behaviour::Tokens {
-        tokens: (0..tokens).map(|i| format!(" t{i}")).collect(),
-        delay: Duration::from_millis(delay_ms),
-    }
 }
 
 async fn resume(app: &TestApp, turn_id: &str, last_event_id: Option<&str>) -> reqwest::Response {

@@ -1,21 +1,12 @@
 //! Streams that survive (contract section 14): turn ids, resuming after a
 //! dropped connection, the grace period, stopping, the replay window.
 
-use std::time::Duration;
-
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::fakes::Behaviour;
+use crate::fakes::slow;
 use crate::helpers::{SseEvent, TestApp, deltas, read_sse, spawn_app_with};
-
-fn slow(tokens: usize, delay_ms: u64) -> Behaviour {
-    Behaviour::Tokens {
-        tokens: (0..tokens).map(|i| format!(" t{i}")).collect(),
-        delay: Duration::from_millis(delay_ms),
-    }
-}
 
 /// `GET /api/chat/stream/{turn_id}`, as an `EventSource` reconnecting does.
 async fn resume(

@@ -7,17 +7,10 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::fakes::Behaviour;
+use crate::fakes::{Behaviour, slow};
 use crate::helpers::{
     JWT_SECRET, deltas, now, python_style_token, read_sse, spawn_app, spawn_app_with,
 };
-
-fn slow(tokens: usize, delay_ms: u64) -> Behaviour {
-    Behaviour::Tokens {
-        tokens: (0..tokens).map(|i| format!(" t{i}")).collect(),
-        delay: Duration::from_millis(delay_ms),
-    }
-}
 
 fn last_assistant(messages: &Value) -> String {
     messages
