@@ -164,6 +164,43 @@ pub struct ModelConfig {
     pub streams_per_connection: usize,
 }
 
+/// Human handoff (contract section 17).
+#[derive(Debug, Clone)]
+pub struct HandoffConfig {
+    /// Consecutive ungrounded turns that hand a conversation to a person
+    /// (`HANDOFF_AFTER_UNGROUNDED`; 0: never).
+    pub after_ungrounded: u32,
+    /// The answer to the turn that hands the conversation over (`HANDOFF_REPLY`).
+    pub reply: String,
+    /// The answer to a user message while a person owns the conversation
+    /// (`HANDOFF_ACK_REPLY`).
+    pub ack_reply: String,
+    /// Agents' addresses (`AGENT_EMAILS`, comma-separated), lower-cased.
+    pub agent_emails: Vec<String>,
+}
+
+/// Default `HANDOFF_REPLY`.
+pub const DEFAULT_HANDOFF_REPLY: &str = "I'm passing this conversation to a member of our \
+     support team. A person will reply here as soon as possible; you can keep writing in the \
+     meantime.";
+/// Default `HANDOFF_ACK_REPLY`.
+pub const DEFAULT_HANDOFF_ACK_REPLY: &str =
+    "Thanks, your message has been passed on. A member of our support team will reply here.";
+
+/// Signed webhooks (`WEBHOOK_URL`).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: Secret,
+    /// Deliveries tried per event before it is given up (`WEBHOOK_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// The first retry's delay; each later one doubles it
+    /// (`WEBHOOK_RETRY_BASE_SECS`, decimals allowed).
+    pub retry_base: Duration,
+    /// How long one delivery may take (`WEBHOOK_TIMEOUT_SECS`).
+    pub timeout: Duration,
+}
+
 /// Everything the server reads from the environment.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -210,6 +247,9 @@ pub struct Config {
     /// How long an ended turn's events can be replayed.
     pub stream_replay_ttl: Duration,
     pub log_format: LogFormat,
+    pub handoff: HandoffConfig,
+    /// `None` when `WEBHOOK_URL` is unset: no events are recorded.
+    pub webhooks: Option<WebhookConfig>,
 }
 
 /// How log lines are written.
@@ -395,7 +435,47 @@ impl Config {
                 });
             }
         };
+        let handoff = HandoffConfig {
+            after_ungrounded: env.parse_in("HANDOFF_AFTER_UNGROUNDED", 2, 0..=1000)?,
+            reply: env.string("HANDOFF_REPLY", DEFAULT_HANDOFF_REPLY),
+            ack_reply: env.string("HANDOFF_ACK_REPLY", DEFAULT_HANDOFF_ACK_REPLY),
+            agent_emails: email_list(env.optional("AGENT_EMAILS")),
+        };
+        let webhooks = match env.optional("WEBHOOK_URL") {
+            None => None,
+            Some(url) => {
+                let parsed = url::Url::parse(&url).map_err(|err| ConfigError {
+                    variable: "WEBHOOK_URL",
+                    reason: format!("not a URL ({err})"),
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(ConfigError {
+                        variable: "WEBHOOK_URL",
+                        reason: format!("{:?} is not http or https", parsed.scheme()),
+                    });
+                }
+                let secret = env.optional("WEBHOOK_SECRET").ok_or(ConfigError {
+                    variable: "WEBHOOK_SECRET",
+                    reason: "required with WEBHOOK_URL (receivers verify the signature with it)"
+                        .into(),
+                })?;
+                let base: f64 = env.parse_in("WEBHOOK_RETRY_BASE_SECS", 20.0, 0.01..=86_400.0)?;
+                Some(WebhookConfig {
+                    url,
+                    secret: Secret::new(secret),
+                    max_attempts: env.parse_in("WEBHOOK_MAX_ATTEMPTS", 10, 1..=100)?,
+                    retry_base: Duration::from_secs_f64(base),
+                    timeout: Duration::from_secs(env.parse_in(
+                        "WEBHOOK_TIMEOUT_SECS",
+                        10,
+                        1..=300,
+                    )?),
+                })
+            }
+        };
         Ok(Self {
+            handoff,
+            webhooks,
             app_env,
             host: env.parse("HOST", IpAddr::from([0, 0, 0, 0]))?,
             port: env.parse("PORT", 8000)?,
@@ -420,13 +500,7 @@ impl Config {
             pinecone,
             retrieval,
             ungrounded_reply: env.optional("UNGROUNDED_REPLY"),
-            admin_emails: env
-                .optional("ADMIN_EMAILS")
-                .unwrap_or_default()
-                .split(',')
-                .map(|email| email.trim().to_lowercase())
-                .filter(|email| !email.is_empty())
-                .collect(),
+            admin_emails: email_list(env.optional("ADMIN_EMAILS")),
             metrics_enabled: env.parse("METRICS_ENABLED", true)?,
             metrics_token: env.optional("METRICS_TOKEN").map(Secret::new),
             jwt_secret,
@@ -484,6 +558,15 @@ fn pinecone_base_url(host: &str) -> Result<String, String> {
     };
     url::Url::parse(&url).map_err(|err| format!("not a host or URL ({err})"))?;
     Ok(url)
+}
+
+/// A comma-separated list of addresses, lower-cased.
+fn email_list(raw: Option<String>) -> Vec<String> {
+    raw.unwrap_or_default()
+        .split(',')
+        .map(|email| email.trim().to_lowercase())
+        .filter(|email| !email.is_empty())
+        .collect()
 }
 
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);

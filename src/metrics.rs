@@ -64,11 +64,27 @@ struct UpstreamLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    event: &'static str,
+    result: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds, 1 ms to about 33 s.
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Seconds, 1 ms to about 9 hours (webhook deliveries wait through retries).
+fn latency_long() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 4.0, 13))
 }
 
 /// Every metric the server records.
@@ -89,6 +105,9 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamLabels, Counter>,
     redis: Family<StateLabels, Gauge>,
     redis_failures: Counter,
+    handoffs: Family<TriggerLabels, Counter>,
+    webhook_deliveries: Family<DeliveryLabels, Counter>,
+    webhook_latency: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -122,6 +141,9 @@ impl Metrics {
             upstream_errors: Family::default(),
             redis: Family::default(),
             redis_failures: Counter::default(),
+            handoffs: Family::default(),
+            webhook_deliveries: Family::default(),
+            webhook_latency: latency_long(),
             registry: Registry::default(),
         };
         registry.register(
@@ -199,9 +221,47 @@ impl Metrics {
             "Redis commands that failed or timed out (the server fell back to in-process state)",
             metrics.redis_failures.clone(),
         );
+        registry.register(
+            "handoffs",
+            "Conversations handed to a person, by trigger (user_request, ungrounded, api)",
+            metrics.handoffs.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by event type and result (delivered, retry, failed)",
+            metrics.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_delivery_latency_seconds",
+            "From an event's creation to its delivery (retries included)",
+            metrics.webhook_latency.clone(),
+        );
         Self {
             registry,
             ..metrics
+        }
+    }
+
+    /// A conversation handed to a person.
+    pub fn handoff(&self, trigger: &'static str) {
+        self.handoffs
+            .get_or_create(&TriggerLabels { trigger })
+            .inc();
+    }
+
+    /// One webhook delivery attempt; `latency` (from the event's creation)
+    /// when it was delivered.
+    pub fn webhook_delivery(
+        &self,
+        event: &'static str,
+        result: &'static str,
+        latency: Option<Duration>,
+    ) {
+        self.webhook_deliveries
+            .get_or_create(&DeliveryLabels { event, result })
+            .inc();
+        if let Some(latency) = latency {
+            self.webhook_latency.observe(latency.as_secs_f64());
         }
     }
 
@@ -386,6 +446,8 @@ mod tests {
         metrics.rate_limited("chat");
         metrics.retrieval("local", Duration::from_millis(1), 1, true);
         metrics.upstream_error("status");
+        metrics.handoff("api");
+        metrics.webhook_delivery("handoff.requested", "delivered", Some(Duration::ZERO));
         let declared = families(&metrics.render((0, 0), ("disabled", 0)).unwrap_or_default());
         let dashboard = include_str!("../deploy/grafana/eloquent.json");
         let readme = include_str!("../README.md");

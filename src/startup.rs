@@ -19,12 +19,14 @@ use crate::metrics::Metrics;
 use crate::services::adoption::{self, AdoptionError, Mode, Outcome};
 use crate::services::auth::AuthService;
 use crate::services::chat::{ChatService, ChatSettings, Lifecycle};
+use crate::services::handoff::Handoff;
 use crate::services::knowledge::{
     self,
     retrieve::{Retrieval, Retriever},
 };
 use crate::services::operator::OperatorService;
 use crate::services::rate_limits::RateLimit;
+use crate::services::webhooks::Webhooks;
 use crate::storage::{Database, PoolSettings, legacy};
 
 /// Why the server could not start; one line each.
@@ -184,9 +186,26 @@ impl Application {
         let auth = AuthService::new(&config, db.clone())
             .await
             .map_err(|err| StartupError::Init(err.to_string()))?;
+        let webhooks = Webhooks::start(
+            db.clone(),
+            config.webhooks.as_ref(),
+            metrics.clone(),
+            &tasks,
+            shutdown.clone(),
+        )?;
+        let handoff = Handoff::new(
+            db.clone(),
+            model.clone(),
+            webhooks,
+            config.handoff.clone(),
+            metrics.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
         let chat = ChatService::new(
             db.clone(),
             model,
+            handoff.clone(),
             retrieval,
             config.ungrounded_reply.clone(),
             ChatSettings {
@@ -226,6 +245,7 @@ impl Application {
             db: db.clone(),
             sign_in_limit,
             redis,
+            handoff,
         });
         tracing::info!(backend = db.backend_name(), "database ready");
         Ok(Self {

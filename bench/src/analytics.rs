@@ -53,13 +53,13 @@ pub async fn run(
     Ok(runs)
 }
 
-async fn time_backend(
-    backend: &'static str,
+/// A database at `target` with the server's migrations applied.
+pub async fn open_migrated(
     target: &DatabaseTarget,
-    messages: i64,
-) -> Result<AnalyticsRun, String> {
+    max_connections: u32,
+) -> Result<Database, String> {
     let settings = PoolSettings {
-        max_connections: 4,
+        max_connections,
         ..PoolSettings::small(Duration::from_secs(60))
     };
     let db = Database::connect(target, settings)
@@ -68,6 +68,15 @@ async fn time_backend(
     db.migrate()
         .await
         .map_err(|err| format!("migrate: {err}"))?;
+    Ok(db)
+}
+
+async fn time_backend(
+    backend: &'static str,
+    target: &DatabaseTarget,
+    messages: i64,
+) -> Result<AnalyticsRun, String> {
+    let db = open_migrated(target, 4).await?;
     let now = Utc::now();
     let started = Instant::now();
     let turns = fill(&db, messages, now.timestamp()).await?;

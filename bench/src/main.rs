@@ -19,9 +19,12 @@ mod postgres;
 mod report;
 mod sections;
 mod server;
+mod webhooks;
 
 /// The repository root: the server crate, whose workspace this crate is in.
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+/// The sections a run without `--sections` runs.
+const DEFAULT_SECTIONS: [u8; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11];
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -37,7 +40,7 @@ const USAGE: &str = "\
 usage: cargo run --release --bin bench -- [options]
 
   --quick              short smoke run (under a minute); prints, writes no file unless --out
-  --sections LIST      comma-separated sections to run, e.g. 1,3 (default: all of 1-7; 6 always)
+  --sections LIST      comma-separated sections to run, e.g. 1,3 (default: all of 1-9 and 11; 6 always)
                          1 request rates   2 added time to first delta   3 concurrent streams
                          4 login flood     5 prompt cost                 6 memory
                          7 upgrading in place (adopting a Python-service database)
@@ -80,7 +83,7 @@ struct Options {
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         quick: false,
-        sections: (1..=9).collect(),
+        sections: DEFAULT_SECTIONS.into_iter().collect(),
         streams: vec![5000, 10_000],
         tokens: 100,
         server_env: Vec::new(),
@@ -470,10 +473,30 @@ async fn run(options: Options) -> Result<(), String> {
         }
         results.analytics = runs;
     }
+    if options.sections.contains(&11) {
+        println!("section 11: webhook delivery");
+        let runs = webhooks::run(&dir, options.postgres.as_deref()).await?;
+        for run in &runs {
+            println!(
+                "  {}: one at a time p50 {} µs, p99 {} µs; burst p50 {} µs, p99 {} µs in {:?}; retry wait {}–{} µs",
+                run.backend,
+                run.one_by_one.value_at_quantile(0.5),
+                run.one_by_one.value_at_quantile(0.99),
+                run.burst.value_at_quantile(0.5),
+                run.burst.value_at_quantile(0.99),
+                run.burst_elapsed,
+                run.retry_wait.min(),
+                run.retry_wait.max()
+            );
+        }
+        results.webhooks = runs;
+    }
     results.elapsed = started.elapsed();
     let markdown = report::render(&results);
     println!("\n{markdown}");
-    let all_sections = options.sections.len() == 9;
+    let all_sections = options
+        .sections
+        .is_superset(&DEFAULT_SECTIONS.into_iter().collect());
     let out = match (&options.out, options.no_write) {
         (_, true) => None,
         (Some(path), false) => Some(path.clone()),

@@ -39,6 +39,7 @@ pub struct Results {
     pub adoption: Vec<crate::adoption::AdoptionRun>,
     pub knowledge: Option<crate::knowledge::KnowledgeRun>,
     pub analytics: Vec<crate::analytics::AnalyticsRun>,
+    pub webhooks: Vec<crate::webhooks::WebhookRun>,
     pub notes: Vec<String>,
 }
 
@@ -493,6 +494,9 @@ Two warm-up calls, then 20 timed calls per period, top 10 questions.\n\n\
                 );
             }
         }
+    }
+    if !results.webhooks.is_empty() {
+        let _ = write!(w, "{}", crate::webhooks::render(&results.webhooks));
     }
     if !results.notes.is_empty() {
         let _ = writeln!(w, "\n## Notes\n");

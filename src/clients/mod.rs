@@ -5,6 +5,7 @@ pub mod model;
 mod model_http;
 pub mod redis;
 pub mod retrieval;
+pub mod webhook;
 
 /// Why an upstream client could not be built at startup.
 #[derive(Debug, thiserror::Error)]

@@ -97,7 +97,8 @@ impl SessionData {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MeData {
     pub user: UserView,
-    /// `admin` when the address is in `ADMIN_EMAILS`, else `user`.
+    /// `admin` when the address is in `ADMIN_EMAILS`, `agent` when in
+    /// `AGENT_EMAILS`, else `user`.
     #[schema(example = "user")]
     pub role: &'static str,
 }

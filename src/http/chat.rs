@@ -363,6 +363,7 @@ fn sse_event(turn_id: &str, seq: u64, event: ReplyEvent) -> Event {
             json!({
                 "conversation_id": view.conversation_id,
                 "messages": view.messages,
+                "status": view.status,
                 "turn_id": turn_id,
             })
             .to_string(),

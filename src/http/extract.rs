@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{AppError, FieldError};
 use crate::http::AppState;
+use crate::services::auth::Role;
 use crate::storage::users::UserRecord;
 
 /// A JSON body. Any content type is accepted (old curl scripts omit it);
@@ -213,8 +214,24 @@ impl FromRequestParts<AppState> for AdminUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
         match state.auth.role_of(&user.email) {
-            crate::services::auth::Role::Admin => Ok(AdminUser(user)),
-            crate::services::auth::Role::User => Err(AppError::Forbidden),
+            Role::Admin => Ok(AdminUser(user)),
+            Role::Agent | Role::User => Err(AppError::Forbidden),
+        }
+    }
+}
+
+/// A signed-in agent (`AGENT_EMAILS`) or admin (admins act as agents): 401
+/// without a valid token, 403 for everyone else.
+pub struct AgentUser(pub UserRecord);
+
+impl FromRequestParts<AppState> for AgentUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
+        match state.auth.role_of(&user.email) {
+            Role::Admin | Role::Agent => Ok(AgentUser(user)),
+            Role::User => Err(AppError::Forbidden),
         }
     }
 }

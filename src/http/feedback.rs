@@ -16,6 +16,23 @@ use crate::services::chat::Feedback;
 /// Longest reason kept, in characters.
 const MAX_REASON_CHARS: usize = 500;
 
+/// A body's optional `reason`: trimmed, none when blank, 422 over 500 characters.
+pub(crate) fn optional_reason(reason: Option<String>) -> Result<Option<String>, AppError> {
+    let reason = reason
+        .map(|reason| reason.trim().to_string())
+        .filter(|reason| !reason.is_empty());
+    if reason
+        .as_ref()
+        .is_some_and(|reason| reason.chars().count() > MAX_REASON_CHARS)
+    {
+        return Err(AppError::invalid(
+            &["body", "reason"],
+            format!("reason must be at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    Ok(reason)
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(give, remove))
 }
@@ -76,19 +93,7 @@ async fn give(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<FeedbackRequest>,
 ) -> Result<Reply<FeedbackData>, AppError> {
-    let reason = body
-        .reason
-        .map(|reason| reason.trim().to_string())
-        .filter(|reason| !reason.is_empty());
-    if reason
-        .as_ref()
-        .is_some_and(|reason| reason.chars().count() > MAX_REASON_CHARS)
-    {
-        return Err(AppError::invalid(
-            &["body", "reason"],
-            "reason must be at most 500 characters",
-        ));
-    }
+    let reason = optional_reason(body.reason)?;
     let feedback = Feedback {
         rating: body.rating.as_str().to_string(),
         reason,

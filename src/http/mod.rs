@@ -6,6 +6,7 @@ pub mod chat;
 pub mod envelope;
 pub mod extract;
 pub mod feedback;
+pub mod handoff;
 pub mod health;
 pub mod linger;
 pub mod metrics;
@@ -43,6 +44,7 @@ use crate::config::{Config, CorsOrigins};
 use crate::metrics::Metrics;
 use crate::services::auth::AuthService;
 use crate::services::chat::ChatService;
+use crate::services::handoff::Handoff;
 use crate::services::operator::OperatorService;
 use crate::services::rate_limits::RateLimit;
 use crate::storage::Database;
@@ -84,6 +86,8 @@ pub struct AppServices {
     pub sign_in_limit: RateLimit,
     /// Shared with the other servers, when `REDIS_URL` is set.
     pub redis: Option<Redis>,
+    /// Agents' side of the human handoff.
+    pub handoff: Handoff,
 }
 
 #[derive(OpenApi)]
@@ -98,6 +102,7 @@ pub struct AppServices {
         (name = "chat", description = "Conversations, answers, streams"),
         (name = "health", description = "Liveness"),
         (name = "admin", description = "For the addresses in ADMIN_EMAILS"),
+        (name = "handoff", description = "Human handoff: the owner's request and the agents' routes (AGENT_EMAILS and admins)"),
     )
 )]
 struct ApiDoc;
@@ -138,6 +143,7 @@ fn api_router(limits: Option<RouteLimits>) -> OpenApiRouter<AppState> {
         .merge(chat::router())
         .merge(feedback::router())
         .merge(admin::router())
+        .merge(handoff::router())
         .merge(turns::router())
         .merge(health::router());
     if let Some(RouteLimits { state }) = limits {

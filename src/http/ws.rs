@@ -126,6 +126,7 @@ impl Session {
                     "event": "guardrails",
                     "conversation_id": view.conversation_id,
                     "messages": view.messages,
+                    "status": view.status,
                 });
                 if self.send(frame.to_string()).await {
                     self.close().await;
@@ -165,6 +166,7 @@ impl Session {
                             "event": "done",
                             "conversation_id": view.conversation_id,
                             "messages": view.messages,
+                            "status": view.status,
                             "turn_id": &*turn.id,
                         });
                         if self.send(frame.to_string()).await {

@@ -70,6 +70,8 @@ pub struct Session {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Admin,
+    /// Answers handed-over conversations (`AGENT_EMAILS`, section 17).
+    Agent,
     User,
 }
 
@@ -77,6 +79,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",
+            Self::Agent => "agent",
             Self::User => "user",
         }
     }
@@ -87,6 +90,8 @@ pub struct AuthService {
     db: Database,
     /// `ADMIN_EMAILS`, lower-cased.
     admins: Arc<[String]>,
+    /// `AGENT_EMAILS`, lower-cased.
+    agents: Arc<[String]>,
     encoding: EncodingKey,
     decoding: DecodingKey,
     algorithm: Algorithm,
@@ -113,12 +118,14 @@ const USER_CACHE_CAPACITY: usize = 10_000;
 const USER_CACHE_TTL: Duration = Duration::from_secs(60);
 
 impl AuthService {
-    /// A user's role: `admin` when their address is in `ADMIN_EMAILS`
-    /// (compared without case), else `user`.
+    /// A user's role: `admin` when their address is in `ADMIN_EMAILS`,
+    /// `agent` when in `AGENT_EMAILS` (compared without case), else `user`.
     pub fn role_of(&self, email: &str) -> Role {
         let email = email.trim().to_lowercase();
         if self.admins.contains(&email) {
             Role::Admin
+        } else if self.agents.contains(&email) {
+            Role::Agent
         } else {
             Role::User
         }
@@ -136,6 +143,7 @@ impl AuthService {
         Ok(Self {
             db,
             admins: config.admin_emails.clone().into(),
+            agents: config.handoff.agent_emails.clone().into(),
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             algorithm: config.jwt_algorithm,

@@ -2,6 +2,7 @@
 
 use crate::clients::model::PromptMessage;
 use crate::clients::retrieval::Passage;
+use crate::services::chat::ClientMessage;
 use crate::storage::messages::{MessageRecord, Role};
 
 /// The assistant's standing instructions, stored as each conversation's first message.
@@ -20,6 +21,25 @@ then the next steps, if any. Use short bullets. Do not add facts that are not in
 
 /// The summary answered without a model call when there is nothing to summarize.
 pub const EMPTY_SUMMARY: &str = "There is no conversation to summarize yet.";
+
+/// The model request that summarizes a conversation (client view).
+pub fn summary_request(messages: &[ClientMessage]) -> [PromptMessage; 2] {
+    let transcript = messages
+        .iter()
+        .map(|message| format!("{}: {}", message.role, message.content))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    [
+        PromptMessage {
+            role: "system",
+            content: SUMMARY_PROMPT.to_string(),
+        },
+        PromptMessage {
+            role: "user",
+            content: format!("Summarize this conversation:\n\n{transcript}"),
+        },
+    ]
+}
 
 /// Renders retrieved passages as the context block given to the model.
 pub fn context_block(passages: &[Passage]) -> String {
@@ -127,6 +147,7 @@ mod tests {
             feedback_rating: None,
             feedback_reason: None,
             stopped: false,
+            author: crate::storage::messages::Author::Bot,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::outbox::{self, NewEvent, OwnedEvent};
 use super::{Database, on_reader, on_writer, readers};
 
 /// A stored conversation.
@@ -13,9 +14,16 @@ pub struct ConversationRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub is_deleted: bool,
+    /// `bot`, `pending_human`, `human` or `closed` (migration 0011).
+    pub status: String,
+    /// Why it was last handed to a person.
+    pub status_reason: Option<String>,
+    /// When the status last changed (ms since the Unix epoch); `None` when
+    /// it never did.
+    pub status_changed_ms: Option<i64>,
 }
 
-const COLUMNS: &str = "id, user_id, short_name, created_at, updated_at, is_deleted";
+const COLUMNS: &str = "id, user_id, short_name, created_at, updated_at, is_deleted, status, status_reason, status_changed_ms";
 
 /// Creates a conversation named after its first message and stores its
 /// system message, atomically.
@@ -32,7 +40,8 @@ pub async fn create(
         let conversation = sqlx::query_as::<_, ConversationRecord>(
             "INSERT INTO conversations (user_id, short_name, created_at, updated_at, is_deleted) \
              VALUES ($1, $2, $3, $3, $4) \
-             RETURNING id, user_id, short_name, created_at, updated_at, is_deleted",
+             RETURNING id, user_id, short_name, created_at, updated_at, is_deleted, status, \
+             status_reason, status_changed_ms",
         )
         .bind(user_id)
         .bind(short_name)
@@ -159,4 +168,104 @@ pub async fn soft_delete(db: &Database, id: i64) -> Result<bool, sqlx::Error> {
         .map(|done| done.rows_affected())
     })?;
     Ok(affected == 1)
+}
+
+/// A status change: from one of `from` to `to`, with its reason (kept as it
+/// was when `None`) and optionally the webhook event it makes happen.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusChange<'a> {
+    pub id: i64,
+    pub from: &'a [&'a str],
+    pub to: &'a str,
+    pub reason: Option<&'a str>,
+    /// Stored in the same transaction, so the change and its event are
+    /// written together or not at all.
+    pub event: Option<NewEvent<'a>>,
+}
+
+/// Changes a conversation's status when it is one of `change.from` and the
+/// conversation is not deleted; false when it was not (another change came
+/// first). Touches `updated_at`.
+pub async fn change_status(db: &Database, change: StatusChange<'_>) -> Result<bool, sqlx::Error> {
+    let now = Utc::now();
+    let now_ms = now.timestamp_millis();
+    // `status IN (...)` with one placeholder per allowed status.
+    let allowed: Vec<String> = change.from.iter().map(|s| (*s).to_owned()).collect();
+    let sql = format!(
+        "UPDATE conversations SET status = $1, status_reason = COALESCE($2, status_reason), \
+         status_changed_ms = $3, updated_at = $4 \
+         WHERE id = $5 AND is_deleted = $6 AND status IN ({})",
+        (0..allowed.len())
+            .map(|i| format!("${}", i + 7))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let (id, to) = (change.id, change.to.to_owned());
+    let reason = change.reason.map(str::to_owned);
+    let event = change.event.map(OwnedEvent::from);
+    on_writer!(db, conn => {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut update = sqlx::query(&sql)
+            .bind(to)
+            .bind(reason)
+            .bind(now_ms)
+            .bind(now)
+            .bind(id)
+            .bind(false);
+        for status in allowed {
+            update = update.bind(status);
+        }
+        let changed = update.execute(&mut *tx).await?.rows_affected() == 1;
+        if changed && let Some(event) = event {
+            outbox::insert_event!(&mut *tx, event, now_ms)?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    })
+}
+
+/// A conversation in the agents' queue, with its user's address and name
+/// (none for an anonymous conversation).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct QueuedConversation {
+    #[sqlx(flatten)]
+    pub record: ConversationRecord,
+    pub user_email: Option<String>,
+    pub user_name: Option<String>,
+}
+
+/// Non-deleted conversations whose status is one of `statuses`, the longest
+/// waiting first.
+pub async fn list_by_status(
+    db: &Database,
+    statuses: &[&str],
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<QueuedConversation>, sqlx::Error> {
+    let columns = COLUMNS
+        .split(", ")
+        .map(|column| format!("c.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {columns}, u.email AS user_email, u.name AS user_name \
+         FROM conversations c LEFT JOIN users u ON u.id = c.user_id \
+         WHERE c.is_deleted = $1 AND c.status IN ({}) \
+         ORDER BY c.status_changed_ms, c.id LIMIT $2 OFFSET $3",
+        (0..statuses.len())
+            .map(|i| format!("${}", i + 4))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let statuses: Vec<String> = statuses.iter().map(|s| (*s).to_owned()).collect();
+    on_reader!(db, conn => {
+        let mut query = sqlx::query_as::<_, QueuedConversation>(&sql)
+            .bind(false)
+            .bind(limit)
+            .bind(offset);
+        for status in statuses.clone() {
+            query = query.bind(status);
+        }
+        query.fetch_all(conn).await
+    })
 }

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::outbox::{self, NewEvent, OwnedEvent};
 use super::{Database, on_reader, on_writer};
 
 /// Who wrote a message.
@@ -53,6 +54,26 @@ pub struct MessageRecord {
     pub feedback_reason: Option<String>,
     /// Assistant answers: cut short by a stop request.
     pub stopped: bool,
+    /// Assistant rows: who wrote it.
+    pub author: Author,
+}
+
+/// Who wrote an assistant message (contract section 17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Author {
+    /// The model, or one of the fixed replies.
+    Bot,
+    /// A person (`author_id`: their user id).
+    Agent(Option<i64>),
+}
+
+impl Author {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bot => "bot",
+            Self::Agent(_) => "agent",
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -68,6 +89,8 @@ struct MessageRow {
     feedback_rating: Option<String>,
     feedback_reason: Option<String>,
     stopped: Option<bool>,
+    author: Option<String>,
+    author_id: Option<i64>,
 }
 
 impl TryFrom<MessageRow> for MessageRecord {
@@ -90,21 +113,28 @@ impl TryFrom<MessageRow> for MessageRecord {
             feedback_rating: row.feedback_rating,
             feedback_reason: row.feedback_reason,
             stopped: row.stopped.unwrap_or(false),
+            author: match row.author.as_deref() {
+                Some("agent") => Author::Agent(row.author_id),
+                _ => Author::Bot,
+            },
         })
     }
 }
 
-/// The conversation and role of a message, for a feedback check.
-pub async fn locate(db: &Database, id: i64) -> Result<Option<(i64, Role)>, sqlx::Error> {
-    let row: Option<(i64, String)> = on_reader!(db, conn => {
-        sqlx::query_as("SELECT conversation_id, role FROM messages WHERE id = $1")
-            .bind(id)
-            .fetch_optional(conn)
-            .await
+/// The conversation, role and text of a message, for feedback.
+pub async fn locate(db: &Database, id: i64) -> Result<Option<(i64, Role, String)>, sqlx::Error> {
+    let row: Option<(i64, String, String)> = on_reader!(db, conn => {
+        sqlx::query_as(
+            "SELECT conversation_id, role, CASE WHEN role = 'user' THEN '' ELSE content END \
+             FROM messages WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(conn)
+        .await
     })?;
-    row.map(|(conversation_id, role)| {
+    row.map(|(conversation_id, role, content)| {
         Role::parse(&role)
-            .map(|role| (conversation_id, role))
+            .map(|role| (conversation_id, role, content))
             .ok_or_else(|| sqlx::Error::ColumnDecode {
                 index: "role".into(),
                 source: format!("unknown role {role:?}").into(),
@@ -115,14 +145,17 @@ pub async fn locate(db: &Database, id: i64) -> Result<Option<(i64, Role)>, sqlx:
 
 /// Sets (or with `None`, removes) the feedback on a message, and moves its
 /// conversation's `feedback_version` so cached histories are read again;
-/// one transaction.
+/// one transaction, with the webhook event it causes, if any.
 pub async fn set_feedback(
     db: &Database,
     id: i64,
     conversation_id: i64,
     feedback: Option<(String, Option<String>)>,
     now: DateTime<Utc>,
+    event: Option<NewEvent<'_>>,
 ) -> Result<(), sqlx::Error> {
+    let event = event.map(OwnedEvent::from);
+    let now_ms = now.timestamp_millis();
     let (rating, reason, at) = match feedback {
         Some((rating, reason)) => (Some(rating), reason, Some(now)),
         None => (None, None, None),
@@ -145,6 +178,9 @@ pub async fn set_feedback(
         .bind(conversation_id)
         .execute(&mut *tx)
         .await?;
+        if let Some(event) = event {
+            outbox::insert_event!(&mut *tx, event, now_ms)?;
+        }
         tx.commit().await
     })
 }
@@ -166,6 +202,28 @@ pub struct NewMessage<'a> {
     pub turn_id: Option<&'a str>,
     pub client_message_id: Option<&'a str>,
     pub client_key: Option<&'a str>,
+    /// Assistant rows written by a person (`None`: the bot).
+    pub agent: Option<i64>,
+}
+
+impl<'a> NewMessage<'a> {
+    /// An assistant message with only its text: a fixed reply (set `agent`
+    /// for a person's; sources and grounding for the model's answers).
+    pub fn answer(conversation_id: i64, content: &'a str) -> Self {
+        Self {
+            conversation_id,
+            role: Role::Assistant,
+            content,
+            user_message: None,
+            sources: None,
+            grounded: None,
+            stopped: false,
+            turn_id: None,
+            client_message_id: None,
+            client_key: None,
+            agent: None,
+        }
+    }
 }
 
 /// Stores a message. The `messages_touch_conversation` trigger (migration
@@ -181,11 +239,16 @@ pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx:
     let turn_id = message.turn_id.map(str::to_owned);
     let client_message_id = message.client_message_id.map(str::to_owned);
     let client_key = message.client_key.map(str::to_owned);
+    let (author, author_id) = match (message.role, message.agent) {
+        (_, Some(agent)) => (Some("agent"), Some(agent)),
+        (Role::Assistant, None) => (Some("bot"), None),
+        _ => (None, None),
+    };
     on_writer!(db, conn => {
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO messages (conversation_id, role, content, user_message, created_at, sources, grounded, \
-             stopped, turn_id, client_message_id, client_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+             stopped, turn_id, client_message_id, client_key, author, author_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
         )
         .bind(conversation_id)
         .bind(role)
@@ -198,6 +261,8 @@ pub async fn insert(db: &Database, message: NewMessage<'_>) -> Result<i64, sqlx:
         .bind(turn_id.clone())
         .bind(client_message_id.clone())
         .bind(client_key.clone())
+        .bind(author)
+        .bind(author_id)
         .fetch_one(&mut *conn)
         .await?;
         Ok(id)
@@ -216,7 +281,7 @@ pub async fn list(db: &Database, conversation_id: i64) -> Result<Vec<MessageReco
         sqlx::query_as::<_, MessageRow>(
             "SELECT id, conversation_id, role, \
              CASE WHEN role = 'user' THEN '' ELSE content END AS content, user_message, created_at, \
-             sources, grounded, feedback_rating, feedback_reason, stopped \
+             sources, grounded, feedback_rating, feedback_reason, stopped, author, author_id \
              FROM messages WHERE conversation_id = $1 ORDER BY id",
         )
         .bind(conversation_id)

@@ -13,6 +13,7 @@ pub mod feedback;
 pub mod knowledge;
 pub mod legacy;
 pub mod messages;
+pub mod outbox;
 pub(crate) mod readers;
 pub mod turns;
 pub mod users;
@@ -342,18 +343,7 @@ mod tests {
     }
 
     fn answer(conversation_id: i64, content: &str) -> NewMessage<'_> {
-        NewMessage {
-            conversation_id,
-            role: Role::Assistant,
-            content,
-            user_message: None,
-            sources: None,
-            grounded: None,
-            stopped: false,
-            turn_id: None,
-            client_message_id: None,
-            client_key: None,
-        }
+        NewMessage::answer(conversation_id, content)
     }
 
     /// Writes one of everything, including a refused one; returns the conversation id.
@@ -381,6 +371,7 @@ mod tests {
             turn_id: None,
             client_message_id: None,
             client_key: None,
+            agent: None,
         };
         messages::insert(db, question)
             .await

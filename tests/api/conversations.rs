@@ -411,6 +411,7 @@ async fn list_shows_only_the_callers_live_conversations_newest_first() {
                 "id",
                 "is_deleted",
                 "short_name",
+                "status",
                 "updated_at",
                 "user_id"
             ],

@@ -340,6 +340,11 @@ impl FakePinecone {
         fake
     }
 
+    /// The hits answered now.
+    pub fn hits(&self) -> Value {
+        self.state.hits.lock().expect("lock").clone()
+    }
+
     pub fn set_hits(&self, hits: Value) {
         *self.state.hits.lock().expect("lock") = hits;
     }
@@ -548,4 +553,149 @@ async fn serve(app: Router) -> std::net::SocketAddr {
         let _ = axum::serve(listener, app).await;
     });
     addr
+}
+
+/// A webhook receiver as a helpdesk would run one: it checks each
+/// delivery's `Eloquent-Signature` itself (HMAC-SHA256 of `"<t>.<body>"`),
+/// records it, and answers 500 while told to fail.
+#[derive(Clone)]
+pub struct FakeReceiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    secret: String,
+    /// Answer 500 to this many more deliveries.
+    fail_next: AtomicUsize,
+    /// Answer 500 to every delivery while set.
+    failing: std::sync::atomic::AtomicBool,
+    deliveries: Mutex<Vec<Delivery>>,
+    arrived: Notify,
+}
+
+/// One delivery attempt as the receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub body: Value,
+    /// The signature verified with the secret.
+    pub signature_ok: bool,
+    /// `t` of the signature (unix seconds).
+    pub t: i64,
+    /// What the receiver answered.
+    pub status: u16,
+    pub event_id_header: Option<String>,
+}
+
+impl Delivery {
+    pub fn id(&self) -> &str {
+        self.body["id"].as_str().unwrap_or_default()
+    }
+
+    pub fn kind(&self) -> &str {
+        self.body["type"].as_str().unwrap_or_default()
+    }
+}
+
+impl FakeReceiver {
+    pub async fn start(secret: &str) -> Self {
+        let state = Arc::new(ReceiverState {
+            secret: secret.to_string(),
+            ..ReceiverState::default()
+        });
+        let app = Router::new()
+            .route("/hooks/eloquent", post(receive))
+            .with_state(state.clone());
+        let url = format!("http://{}/hooks/eloquent", serve(app).await);
+        Self { url, state }
+    }
+
+    /// Answer 500 to the next `n` deliveries.
+    pub fn fail_next(&self, n: usize) {
+        self.state.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Answer 500 to every delivery (true) or accept them (false).
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Every delivery attempt so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state.deliveries.lock().expect("lock").clone()
+    }
+
+    /// The deliveries answered 2xx.
+    pub fn accepted(&self) -> Vec<Delivery> {
+        self.deliveries()
+            .into_iter()
+            .filter(|delivery| delivery.status == 200)
+            .collect()
+    }
+
+    /// Waits (at most `within`) until `done` holds for the deliveries so far.
+    pub async fn wait_until(&self, within: Duration, done: impl Fn(&[Delivery]) -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.state.arrived.notified();
+            if done(&self.deliveries()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                panic!(
+                    "webhook deliveries not as expected in time: {:#?}",
+                    self.deliveries()
+                );
+            }
+        }
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    use hmac::Mac;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let signature = header("eloquent-signature").unwrap_or_default();
+    let mut t = 0;
+    let mut v1 = String::new();
+    for part in signature.split(',') {
+        match part.split_once('=') {
+            Some(("t", value)) => t = value.parse().unwrap_or(0),
+            Some(("v1", value)) => v1 = value.to_string(),
+            _ => {}
+        }
+    }
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(state.secret.as_bytes()).expect("hmac key");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&body);
+    let signature_ok = hex::decode(&v1).is_ok_and(|given| mac.verify_slice(&given).is_ok());
+    let failing = state.failing.load(Ordering::SeqCst)
+        || state
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+    let status = if failing {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    state.deliveries.lock().expect("lock").push(Delivery {
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        signature_ok,
+        t,
+        status: status.as_u16(),
+        event_id_header: header("eloquent-event-id"),
+    });
+    state.arrived.notify_waiters();
+    status
 }

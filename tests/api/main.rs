@@ -12,6 +12,7 @@ mod chat;
 mod conversations;
 mod fault;
 mod feedback;
+mod handoff;
 mod hardening;
 mod idempotency;
 mod knowledge;

@@ -25,6 +25,7 @@ use crate::clients::retrieval::Passage;
 use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::services::guardrails::{self, Verdict};
+use crate::services::handoff::{self, Handoff, Status, Trigger};
 use crate::services::knowledge::retrieve::Retrieval;
 use crate::services::live::{LiveEvent, LiveTurn, TurnHub};
 use crate::services::prompt;
@@ -33,10 +34,12 @@ use crate::services::sends::{self, SendClaims};
 use crate::services::shared_turns::{self, SharedTurn};
 use crate::services::stream_limits::{StreamLimits, StreamSlot};
 use crate::services::turn_log::{TurnEntry, TurnLog, TurnTally};
+use crate::services::webhooks::{self, Event, EventType};
 use crate::storage::Database;
 use crate::storage::conversations::{self, ConversationRecord};
 use crate::storage::messages::SendKey;
 use crate::storage::messages::{self, MessageRecord, NewMessage, Role};
+use crate::storage::users;
 
 mod turns;
 use turns::send_claim_key;
@@ -67,6 +70,11 @@ pub struct ClientMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<bool>)]
     pub stopped: Option<bool>,
+    /// Assistant items: `bot` (the model or a fixed reply) or `agent` (a
+    /// person, section 17).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "bot")]
+    pub author: Option<&'static str>,
 }
 
 /// A rating of an answer (contract section 16).
@@ -124,6 +132,9 @@ pub(crate) fn sources_json(stored: Option<&str>) -> Option<Box<RawValue>> {
 pub struct ConversationView {
     pub messages: Vec<ClientMessage>,
     pub conversation_id: i64,
+    /// `bot`, `pending_human`, `human` or `closed` (section 17).
+    #[schema(example = "bot")]
+    pub status: String,
 }
 
 /// A conversation as listed in the sidebar.
@@ -135,6 +146,9 @@ pub struct ConversationSummary {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub is_deleted: bool,
+    /// `bot`, `pending_human`, `human` or `closed` (section 17).
+    #[schema(example = "bot")]
+    pub status: String,
 }
 
 impl From<ConversationRecord> for ConversationSummary {
@@ -146,6 +160,7 @@ impl From<ConversationRecord> for ConversationSummary {
             created_at: record.created_at,
             updated_at: record.updated_at,
             is_deleted: record.is_deleted,
+            status: record.status,
         }
     }
 }
@@ -166,6 +181,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                 grounded: None,
                 feedback: None,
                 stopped: None,
+                author: None,
             }),
             Role::Assistant => view.push(ClientMessage {
                 id: record.id,
@@ -176,6 +192,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                 grounded: Some(record.grounded),
                 feedback: Some(Feedback::of(record)),
                 stopped: Some(record.stopped),
+                author: Some(record.author.as_str()),
             }),
             Role::Guardrails => {
                 view.push(ClientMessage {
@@ -187,6 +204,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                     grounded: None,
                     feedback: None,
                     stopped: None,
+                    author: None,
                 });
                 view.push(ClientMessage {
                     id: record.id,
@@ -197,6 +215,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                     grounded: Some(None),
                     feedback: Some(Feedback::of(record)),
                     stopped: Some(false),
+                    author: Some("bot"),
                 });
             }
         }
@@ -323,6 +342,8 @@ pub struct ChatService {
     turn_limits: RateLimit,
     /// Shared with the other servers (turns, limits), when configured.
     redis: Option<Redis>,
+    /// Who answers each conversation: the model or a person.
+    handoff: Handoff,
 }
 
 /// Limits of the chat pipeline, from the configuration.
@@ -355,6 +376,7 @@ impl ChatService {
     pub fn new(
         db: Database,
         model: Option<ModelClient>,
+        handoff: Handoff,
         retrieval: Retrieval,
         ungrounded_reply: Option<String>,
         settings: ChatSettings,
@@ -391,6 +413,7 @@ impl ChatService {
             });
         }
         Self {
+            handoff,
             live,
             redis: redis.clone(),
             sends: Arc::new(SendClaims::default()),
@@ -515,6 +538,7 @@ impl ChatService {
                     turn_id: None,
                     client_message_id,
                     client_key: created.then_some(sender.as_str()),
+                    agent: None,
                 };
                 messages::insert(&self.db, refusal).await?;
                 self.metrics.turn_ended(transport, "refused");
@@ -528,6 +552,7 @@ impl ChatService {
             }
             Verdict::Allow { redacted } => redacted,
         };
+        let asked_for_person = handoff::asks_for_human(&redacted);
         // The search needs only the (allowed) message: it runs while the
         // conversation is resolved and its history read. When resolving fails
         // (403, 404, storage) the search is dropped, i.e. cancelled.
@@ -538,7 +563,7 @@ impl ChatService {
                 self.metrics
                     .retrieval(backend, searching.elapsed(), passages.len(), failed);
             }
-            Ok(passages)
+            Ok((passages, failed))
         };
         let conversation_and_history = async {
             let (conversation, created) = self
@@ -551,22 +576,47 @@ impl ChatService {
             } else {
                 messages::list(&self.db, conversation.id).await?
             };
-            Ok::<_, AppError>((conversation.id, conversation.user_id, created, history))
+            Ok::<_, AppError>((conversation, created, history))
         };
-        let ((conversation_id, owner, created, history), passages) =
+        let ((conversation, created, history), (passages, search_failed)) =
             tokio::try_join!(conversation_and_history, search)?;
+        let conversation_id = conversation.id;
+        let status = Status::of(&conversation);
+        if status == Status::Closed {
+            // The user writes again after a person closed the conversation.
+            self.handoff.reopen(conversation_id).await?;
+        }
         let grounding = Grounding::of(&passages);
-        let entry = entry
-            .in_conversation(conversation_id)
-            .retrieved(grounding.grounded, &redacted);
-        let turn = prompt::user_turn(&redacted, &prompt::context_block(&passages));
+        let trigger = if status.with_a_person() {
+            None
+        } else if asked_for_person {
+            Some(Trigger::UserRequest)
+        } else if !grounding.grounded
+            && !search_failed
+            && self.handoff.ungrounded_limit_reached(&history)
+            && self.retrieval.has_knowledge().await
+        {
+            Some(Trigger::Ungrounded)
+        } else {
+            None
+        };
+        let entry = entry.in_conversation(conversation_id);
         // The turn's id goes with its question, so a later send with the same
         // client message id finds it.
-        let live = self.live.open(conversation_id, owner);
+        let live = self.live.open(conversation_id, conversation.user_id);
+        // No model call when a person has the conversation or gets it now:
+        // the message is stored as typed, and the handoff reply or the
+        // acknowledgement is the answer, streamed like one.
+        let no_model = status.with_a_person() || trigger.is_some();
+        let turn = if no_model {
+            String::new()
+        } else {
+            prompt::user_turn(&redacted, &prompt::context_block(&passages))
+        };
         let user_message = NewMessage {
             conversation_id,
             role: Role::User,
-            content: &turn,
+            content: if no_model { &redacted } else { &turn },
             user_message: Some(&redacted),
             sources: None,
             grounded: None,
@@ -574,7 +624,45 @@ impl ChatService {
             turn_id: Some(&live.id),
             client_message_id,
             client_key: created.then_some(sender.as_str()),
+            agent: None,
         };
+        if no_model {
+            let handed_over = async {
+                messages::insert(&self.db, user_message).await?;
+                if let Some(trigger) = trigger {
+                    let reason = match trigger {
+                        Trigger::UserRequest => Some(redacted.as_str()),
+                        Trigger::Ungrounded | Trigger::Api => None,
+                    };
+                    self.handoff.request(&conversation, trigger, reason).await?;
+                }
+                Ok::<_, AppError>(())
+            };
+            if let Err(err) = handed_over.await {
+                live.push(LiveEvent::Failed(Failure::Storage));
+                return Err(err);
+            }
+            let (reply, entry, grounded) = match trigger {
+                // An ungrounded turn stays one in the analytics and metrics.
+                Some(Trigger::Ungrounded) => (
+                    self.handoff.reply(),
+                    entry.retrieved(false, &redacted),
+                    false,
+                ),
+                Some(_) => (self.handoff.reply(), entry, true),
+                None => (self.handoff.ack_reply(), entry, true),
+            };
+            let tally = self.tally(transport, started, grounded, entry);
+            let tokens = fixed_reply(reply);
+            return Ok(TurnOutcome::Streaming(self.start_driver(
+                live,
+                tokens,
+                slot,
+                Grounding::fixed(),
+                tally,
+            )));
+        }
+        let entry = entry.retrieved(grounding.grounded, &redacted);
         // Nothing in the knowledge base and a fixed reply configured: that
         // reply is the answer, streamed like one, and the model is not called.
         if !grounding.grounded
@@ -584,12 +672,8 @@ impl ChatService {
                 live.push(LiveEvent::Failed(Failure::Storage));
                 return Err(err.into());
             }
-            let tokens: TokenStream = Box::pin(futures::stream::iter([Ok(reply.to_string())]));
-            let tally = TurnTally::new(
-                self.metrics.stream_started(transport, started, false),
-                entry,
-                self.turn_log.clone(),
-            );
+            let tally = self.tally(transport, started, false, entry);
+            let tokens = fixed_reply(reply);
             return Ok(TurnOutcome::Streaming(
                 self.start_driver(live, tokens, slot, grounding, tally),
             ));
@@ -627,15 +711,25 @@ impl ChatService {
                 return Err(upstream_error(conversation_id, err));
             }
         };
-        let tally = TurnTally::new(
-            self.metrics
-                .stream_started(transport, started, grounding.grounded),
-            entry,
-            self.turn_log.clone(),
-        );
+        let tally = self.tally(transport, started, grounding.grounded, entry);
         Ok(TurnOutcome::Streaming(
             self.start_driver(live, tokens, slot, grounding, tally),
         ))
+    }
+
+    /// The metrics and turn-log entry of a turn whose answer starts streaming.
+    fn tally(
+        &self,
+        transport: &'static str,
+        started: Instant,
+        grounded: bool,
+        entry: TurnEntry,
+    ) -> TurnTally {
+        TurnTally::new(
+            self.metrics.stream_started(transport, started, grounded),
+            entry,
+            self.turn_log.clone(),
+        )
     }
 
     /// A one-shot turn: the whole answer, then the history (contract: POST /api/chat/create).
@@ -681,15 +775,17 @@ impl ChatService {
         if let Some(cached) = self.histories.get(&id)
             && cached.message_count == found.message_count
             && cached.feedback_version == found.feedback_version
+            && cached.json.status == found.record.status
         {
             return Ok(cached.json);
         }
-        let history = self.view(id).await?;
+        let history = self.view_with_status(id, found.record.status).await?;
         let messages = serde_json::value::to_raw_value(&history.view.messages)
             .map_err(|err| AppError::Internal(format!("rendering a history: {err}")))?;
         let json = HistoryJson {
             messages: Arc::from(messages),
             conversation_id: id,
+            status: history.view.status,
         };
         // Only what is read here is kept: the histories that end streamed
         // turns go out in their `done` event and are rarely asked for again.
@@ -734,24 +830,8 @@ impl ChatService {
             return Ok(prompt::EMPTY_SUMMARY.to_string());
         }
         let model = self.model.as_ref().ok_or(AppError::ModelNotConfigured)?;
-        let transcript = view
-            .messages
-            .iter()
-            .map(|message| format!("{}: {}", message.role, message.content))
-            .collect::<Vec<_>>()
-            .join("\n\n");
-        let request = [
-            crate::clients::model::PromptMessage {
-                role: "system",
-                content: prompt::SUMMARY_PROMPT.to_string(),
-            },
-            crate::clients::model::PromptMessage {
-                role: "user",
-                content: format!("Summarize this conversation:\n\n{transcript}"),
-            },
-        ];
         model
-            .complete(&request)
+            .complete(&prompt::summary_request(&view.messages))
             .await
             .map_err(|err| upstream_error(id, err))
     }
@@ -766,7 +846,7 @@ impl ChatService {
         message_id: i64,
         feedback: Option<Feedback>,
     ) -> Result<Option<Feedback>, AppError> {
-        let (conversation_id, role) = messages::locate(&self.db, message_id)
+        let (conversation_id, role, answer) = messages::locate(&self.db, message_id)
             .await?
             .ok_or(AppError::NotFound("Message not found"))?;
         let conversation = conversations::find(&self.db, conversation_id)
@@ -782,7 +862,41 @@ impl ChatService {
         let stored = feedback
             .clone()
             .map(|feedback| (feedback.rating, feedback.reason));
-        messages::set_feedback(&self.db, message_id, conversation_id, stored, Utc::now()).await?;
+        // A rating given (not one removed) is a `feedback.created` event.
+        let event = match &feedback {
+            Some(given) if self.handoff.webhooks().enabled() => {
+                let event = Event::new(EventType::FeedbackCreated);
+                let user = match caller {
+                    Some(id) => users::find_by_id(&self.db, id).await?,
+                    None => None,
+                };
+                let data = serde_json::json!({
+                    "message": {"id": message_id, "content": answer},
+                    "conversation": {"id": conversation_id, "short_name": conversation.short_name},
+                    "rating": given.rating,
+                    "reason": given.reason,
+                    "user": user.map(|u| serde_json::json!({"id": u.id, "email": u.email, "name": u.name})),
+                });
+                let body = event.render(&data);
+                Some((event, body))
+            }
+            _ => None,
+        };
+        let row = event
+            .as_ref()
+            .map(|(event, body)| webhooks::outbox_row(event, body, event.created_at));
+        messages::set_feedback(
+            &self.db,
+            message_id,
+            conversation_id,
+            stored,
+            Utc::now(),
+            row,
+        )
+        .await?;
+        if event.is_some() {
+            self.handoff.webhooks().wake();
+        }
         Ok(feedback)
     }
 
@@ -834,17 +948,68 @@ impl ChatService {
         Ok((created, true))
     }
 
-    /// Reads a conversation's history.
+    /// Reads a conversation's history and status.
     async fn view(&self, conversation_id: i64) -> Result<ReadHistory, AppError> {
+        let (records, conversation) = tokio::try_join!(
+            messages::list(&self.db, conversation_id),
+            conversations::find(&self.db, conversation_id)
+        )?;
+        let status = conversation.map_or_else(|| Status::Bot.as_str().to_owned(), |c| c.status);
+        Ok(read_history(conversation_id, &records, status))
+    }
+
+    /// A history read for a conversation whose status is known.
+    async fn view_with_status(
+        &self,
+        conversation_id: i64,
+        status: String,
+    ) -> Result<ReadHistory, AppError> {
         let records = messages::list(&self.db, conversation_id).await?;
-        let history = ReadHistory {
-            message_count: i64::try_from(records.len()).unwrap_or(i64::MAX),
-            view: ConversationView {
-                messages: client_view(&records),
-                conversation_id,
-            },
-        };
-        Ok(history)
+        Ok(read_history(conversation_id, &records, status))
+    }
+
+    /// Any conversation's history, for agents (no ownership check; deleted
+    /// ones are 400 as for their owners).
+    pub async fn agent_view(&self, id: i64) -> Result<ConversationView, AppError> {
+        let conversation = self.handoff.find(id).await?;
+        Ok(self.view_with_status(id, conversation.status).await?.view)
+    }
+
+    /// `POST /api/chat/handoff/{id}`: the owner hands the conversation to a
+    /// person; the handoff reply is stored as the bot's answer. 409 when a
+    /// person already has it.
+    pub async fn request_handoff(
+        &self,
+        caller: Option<i64>,
+        id: i64,
+        reason: Option<&str>,
+    ) -> Result<ConversationView, AppError> {
+        let conversation = self
+            .usable(caller, id, "Conversation already deleted")
+            .await?;
+        if !self
+            .handoff
+            .request(&conversation, Trigger::Api, reason)
+            .await?
+        {
+            return Err(AppError::Conflict(
+                "Conversation is already with a person or waiting for one",
+            ));
+        }
+        messages::insert(&self.db, NewMessage::answer(id, self.handoff.reply())).await?;
+        Ok(self.view(id).await?.view)
+    }
+}
+
+/// A history as read from its rows and status.
+fn read_history(conversation_id: i64, records: &[MessageRecord], status: String) -> ReadHistory {
+    ReadHistory {
+        message_count: i64::try_from(records.len()).unwrap_or(i64::MAX),
+        view: ConversationView {
+            messages: client_view(records),
+            conversation_id,
+            status,
+        },
     }
 }
 
@@ -873,6 +1038,7 @@ struct ReadHistory {
 pub struct HistoryJson {
     messages: Arc<serde_json::value::RawValue>,
     conversation_id: i64,
+    status: String,
 }
 
 impl HistoryJson {
@@ -912,6 +1078,11 @@ fn authorize(conversation: &ConversationRecord, caller: Option<i64>) -> Result<(
         Some(owner) if caller != Some(owner) => Err(AppError::Forbidden),
         _ => Ok(()),
     }
+}
+
+/// A fixed text as the model's tokens: streamed in one delta.
+fn fixed_reply(text: &str) -> TokenStream {
+    Box::pin(futures::stream::iter([Ok(text.to_string())]))
 }
 
 /// A model error's class, for the metrics.
@@ -969,10 +1140,13 @@ struct PartialAnswer {
 
 /// What an answer was given: its sources (as stored, a JSON array) and
 /// whether any of them cleared the minimum score.
+/// A fixed reply (the handoff reply, the acknowledgement while a person
+/// answers) is given nothing: it is stored with neither, as refusals are.
 #[derive(Debug, Clone)]
 struct Grounding {
     sources: String,
     grounded: bool,
+    fixed: bool,
 }
 
 impl Grounding {
@@ -981,7 +1155,25 @@ impl Grounding {
         Self {
             sources: serde_json::to_string(&sources).unwrap_or_else(|_| "[]".to_string()),
             grounded: !passages.is_empty(),
+            fixed: false,
         }
+    }
+
+    /// What a fixed reply is stored with.
+    fn fixed() -> Self {
+        Self {
+            sources: String::new(),
+            grounded: false,
+            fixed: true,
+        }
+    }
+
+    fn stored_sources(&self) -> Option<&str> {
+        (!self.fixed).then_some(self.sources.as_str())
+    }
+
+    fn stored_grounded(&self) -> Option<bool> {
+        (!self.fixed).then_some(self.grounded)
     }
 }
 
@@ -1046,16 +1238,10 @@ async fn store_answer(
     stopped: bool,
 ) -> Result<(), AppError> {
     let message = NewMessage {
-        conversation_id,
-        role: Role::Assistant,
-        content: &text,
-        user_message: None,
-        sources: Some(&grounding.sources),
-        grounded: Some(grounding.grounded),
+        sources: grounding.stored_sources(),
+        grounded: grounding.stored_grounded(),
         stopped,
-        turn_id: None,
-        client_message_id: None,
-        client_key: None,
+        ..NewMessage::answer(conversation_id, &text)
     };
     messages::insert(&db, message).await?;
     Ok(())

@@ -191,6 +191,14 @@ impl LocalSearch {
         }
     }
 
+    /// Whether the knowledge base holds any record (false when it cannot
+    /// be read).
+    pub async fn has_records(&self) -> bool {
+        self.snapshot()
+            .await
+            .is_ok_and(|(snapshot, _)| snapshot.documents > 0)
+    }
+
     /// The best `top_k` records for `text`, best first, unfiltered.
     pub async fn search(&self, text: &str, top_k: usize) -> Result<Vec<Passage>, sqlx::Error> {
         let words = query_words(text);

@@ -88,6 +88,17 @@ impl Retrieval {
         (passages, failed)
     }
 
+    /// Whether there is a knowledge base for answers to be grounded in:
+    /// Pinecone's index, or a local one with records. Without one, every
+    /// turn is ungrounded and that says nothing about the question.
+    pub async fn has_knowledge(&self) -> bool {
+        match &self.retriever {
+            Retriever::Pinecone(_) => true,
+            Retriever::Local { search, .. } => search.has_records().await,
+            Retriever::None => false,
+        }
+    }
+
     /// The backend's name for the metrics; `None` when there is none.
     pub fn metered_backend(&self) -> Option<&'static str> {
         match self.retriever {
