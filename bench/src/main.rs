@@ -46,12 +46,13 @@ usage: cargo run --release --bin bench -- [options]
                          7 upgrading in place (adopting a Python-service database)
                          8 local knowledge base (ingest and search 50,000 records)
                          9 admin analytics over 1,000,000 messages
+                         11 webhook delivery (handoff events to a receiver on loopback)
   --adoption-messages N  messages in section 7's generated database (default 100000)
   --kb-records N       serve with RETRIEVAL_BACKEND=local on a knowledge base of N generated
                          records (ingested before the server starts) instead of the fake
                          Pinecone: sections 1-3 then include local retrieval
   --analytics-messages N  messages in section 9's generated database (default 1000000)
-  --postgres URL       also run sections 7-9 on PostgreSQL: a server URL whose user may
+  --postgres URL       also run sections 7-9 and 11 on PostgreSQL: a server URL whose user may
                          create databases (the bench creates and drops its own)
   --streams LIST       stream counts for section 3 at 100 ms/token (default 5000,10000)
   --tokens N           tokens per answer in section 3 (default 100)
@@ -105,7 +106,12 @@ fn parse_args() -> Result<Options, String> {
                 let list = value("--sections")?;
                 options.sections = list
                     .split(',')
-                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=9).contains(n)))
+                    .map(|s| {
+                        s.trim()
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|n| (1..=9).contains(n) || *n == 11)
+                    })
                     .collect::<Option<_>>()
                     .ok_or(format!("--sections: bad list {list:?}"))?;
                 options.sections.insert(6);
