@@ -164,6 +164,20 @@ pub struct ModelConfig {
     pub streams_per_connection: usize,
 }
 
+/// The optional model judge of the input guardrails (`GUARDRAIL_JUDGE=model`).
+#[derive(Debug, Clone)]
+pub struct JudgeConfig {
+    /// Its own base URL, model and key (`GUARDRAIL_JUDGE_BASE_URL`,
+    /// `GUARDRAIL_JUDGE_MODEL`, `GUARDRAIL_JUDGE_API_KEY`), each defaulting
+    /// to the chat model's.
+    pub model: ModelConfig,
+    /// Longest wait for a verdict (`GUARDRAIL_JUDGE_TIMEOUT_MS`).
+    pub timeout: Duration,
+    /// What an error or a timeout means (`GUARDRAIL_JUDGE_FAIL`): `true`
+    /// refuses the message (`closed`), `false` lets it through (`open`).
+    pub fail_closed: bool,
+}
+
 /// Human handoff (contract section 17).
 #[derive(Debug, Clone)]
 pub struct HandoffConfig {
@@ -248,6 +262,8 @@ pub struct Config {
     pub stream_replay_ttl: Duration,
     pub log_format: LogFormat,
     pub handoff: HandoffConfig,
+    /// `None` when `GUARDRAIL_JUDGE` is `off` (the default).
+    pub judge: Option<JudgeConfig>,
     /// `None` when `WEBHOOK_URL` is unset: no events are recorded.
     pub webhooks: Option<WebhookConfig>,
 }
@@ -473,7 +489,66 @@ impl Config {
                 })
             }
         };
+        let judge = match env.string("GUARDRAIL_JUDGE", "off").as_str() {
+            "off" => None,
+            "model" => {
+                let base_url = match env.optional("GUARDRAIL_JUDGE_BASE_URL") {
+                    Some(url) => {
+                        url::Url::parse(&url).map_err(|err| ConfigError {
+                            variable: "GUARDRAIL_JUDGE_BASE_URL",
+                            reason: format!("not a URL ({err})"),
+                        })?;
+                        url.trim_end_matches('/').to_string()
+                    }
+                    None => model.base_url.clone(),
+                };
+                let api_key = env
+                    .optional("GUARDRAIL_JUDGE_API_KEY")
+                    .map(Secret::new)
+                    .or_else(|| model.api_key.clone());
+                if api_key.is_none() {
+                    return Err(ConfigError {
+                        variable: "GUARDRAIL_JUDGE_API_KEY",
+                        reason: "GUARDRAIL_JUDGE=model needs a key (this or OPENAI_API_KEY)".into(),
+                    });
+                }
+                let timeout = Duration::from_millis(env.parse_in(
+                    "GUARDRAIL_JUDGE_TIMEOUT_MS",
+                    2000,
+                    10..=60_000,
+                )?);
+                let fail_closed = match env.string("GUARDRAIL_JUDGE_FAIL", "open").as_str() {
+                    "open" => false,
+                    "closed" => true,
+                    other => {
+                        return Err(ConfigError {
+                            variable: "GUARDRAIL_JUDGE_FAIL",
+                            reason: format!("{other:?} is not open or closed"),
+                        });
+                    }
+                };
+                Some(JudgeConfig {
+                    model: ModelConfig {
+                        api_key,
+                        base_url,
+                        model: env.string("GUARDRAIL_JUDGE_MODEL", &model.model),
+                        idle_timeout: timeout,
+                        total_timeout: timeout,
+                        ..model.clone()
+                    },
+                    timeout,
+                    fail_closed,
+                })
+            }
+            other => {
+                return Err(ConfigError {
+                    variable: "GUARDRAIL_JUDGE",
+                    reason: format!("{other:?} is not off or model"),
+                });
+            }
+        };
         Ok(Self {
+            judge,
             handoff,
             webhooks,
             app_env,

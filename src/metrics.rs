@@ -70,6 +70,11 @@ struct TriggerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabels {
     event: &'static str,
     result: &'static str,
@@ -108,6 +113,8 @@ pub struct Metrics {
     handoffs: Family<TriggerLabels, Counter>,
     webhook_deliveries: Family<DeliveryLabels, Counter>,
     webhook_latency: Histogram,
+    judge_verdicts: Family<VerdictLabels, Counter>,
+    judge_duration: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -144,6 +151,8 @@ impl Metrics {
             handoffs: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_latency: latency_long(),
+            judge_verdicts: Family::default(),
+            judge_duration: latency(),
             registry: Registry::default(),
         };
         registry.register(
@@ -236,10 +245,28 @@ impl Metrics {
             "From an event's creation to its delivery (retries included)",
             metrics.webhook_latency.clone(),
         );
+        registry.register(
+            "guardrail_judge_verdicts",
+            "Verdicts of the guardrail judge (GUARDRAIL_JUDGE=model): attack, benign, error, timeout",
+            metrics.judge_verdicts.clone(),
+        );
+        registry.register(
+            "guardrail_judge_duration_seconds",
+            "Time the guardrail judge took per message",
+            metrics.judge_duration.clone(),
+        );
         Self {
             registry,
             ..metrics
         }
+    }
+
+    /// One verdict of the guardrail judge and how long it took.
+    pub fn judge_verdict(&self, verdict: &'static str, took: Duration) {
+        self.judge_verdicts
+            .get_or_create(&VerdictLabels { verdict })
+            .inc();
+        self.judge_duration.observe(took.as_secs_f64());
     }
 
     /// A conversation handed to a person.
@@ -447,6 +474,7 @@ mod tests {
         metrics.retrieval("local", Duration::from_millis(1), 1, true);
         metrics.upstream_error("status");
         metrics.handoff("api");
+        metrics.judge_verdict("benign", Duration::ZERO);
         metrics.webhook_delivery("handoff.requested", "delivered", Some(Duration::ZERO));
         let declared = families(&metrics.render((0, 0), ("disabled", 0)).unwrap_or_default());
         let dashboard = include_str!("../deploy/grafana/eloquent.json");

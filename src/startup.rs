@@ -18,8 +18,9 @@ use crate::http::{self, AppServices, AppState};
 use crate::metrics::Metrics;
 use crate::services::adoption::{self, AdoptionError, Mode, Outcome};
 use crate::services::auth::AuthService;
-use crate::services::chat::{ChatService, ChatSettings, Lifecycle};
+use crate::services::chat::{ChatService, ChatSettings, Lifecycle, Models};
 use crate::services::handoff::Handoff;
+use crate::services::judge::Judge;
 use crate::services::knowledge::{
     self,
     retrieve::{Retrieval, Retriever},
@@ -202,9 +203,16 @@ impl Application {
             tasks.clone(),
             shutdown.clone(),
         );
+        let judge = Judge::new(config.judge.as_ref(), metrics.clone())?;
+        if judge.is_some() {
+            tracing::info!("the guardrail judge reads every message the rules let through");
+        }
         let chat = ChatService::new(
             db.clone(),
-            model,
+            Models {
+                answer: model,
+                judge,
+            },
             handoff.clone(),
             retrieval,
             config.ungrounded_reply.clone(),

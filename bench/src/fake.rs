@@ -82,6 +82,8 @@ struct FakeState {
     searches: AtomicU64,
     /// TCP connections accepted, on both listeners.
     connections: AtomicU64,
+    /// How long the guardrail judge's verdicts take, in milliseconds.
+    judge_delay_ms: AtomicU64,
 }
 
 /// Both fakes, running on loopback inside the bench process.
@@ -110,6 +112,7 @@ impl Fake {
             completions: AtomicU64::new(0),
             searches: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            judge_delay_ms: AtomicU64::new(0),
         });
         let router = Router::new()
             .route("/v1/chat/completions", post(completions))
@@ -137,6 +140,12 @@ impl Fake {
             ca_pem,
             state,
         })
+    }
+
+    /// The guardrail judge's verdicts ("benign") come after `delay`.
+    pub fn set_judge_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.state.judge_delay_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn set_behaviour(&self, behaviour: Behaviour) {
@@ -310,6 +319,17 @@ async fn completions(State(state): State<Arc<FakeState>>, body: Bytes) -> Respon
         (answer.behaviour, answer.chunks.clone(), answer.text.clone())
     };
     if !request["stream"].as_bool().unwrap_or(false) {
+        // The guardrail judge (its fixed prompt names it): a verdict after the set delay.
+        let judged = request["messages"][0]["content"]
+            .as_str()
+            .is_some_and(|prompt| prompt.contains("security filter"));
+        let text: Arc<str> = if judged {
+            let delay = state.judge_delay_ms.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            Arc::from(r#"{"verdict": "benign"}"#)
+        } else {
+            text
+        };
         let body = json!({
             "id": "chatcmpl-bench", "object": "chat.completion", "created": 1_741_569_952,
             "model": "gpt-4o-2024-08-06",

@@ -56,6 +56,8 @@ usage: cargo run --release --bin bench -- [options]
                          create databases (the bench creates and drops its own)
   --streams LIST       stream counts for section 3 at 100 ms/token (default 5000,10000)
   --tokens N           tokens per answer in section 3 (default 100)
+  --judge-delay-ms N   turn the guardrail judge on (GUARDRAIL_JUDGE=model, on the fake
+                         upstream), which answers benign after N ms
   --env NAME=VALUE     extra server environment (repeatable), e.g. --env DB_POOL_SIZE=4
   --upstream h2|http1  how the server reaches the fake upstream: TLS with HTTP/2 (default, as
                          api.openai.com) or plain HTTP/1.1 (as a local vLLM/Ollama; one
@@ -72,6 +74,8 @@ struct Options {
     streams: Vec<usize>,
     tokens: usize,
     server_env: Vec<(String, String)>,
+    /// `--judge-delay-ms`: the guardrail judge on, answered by the fake after this.
+    judge_delay: Option<std::time::Duration>,
     upstream_h2: bool,
     adoption_messages: i64,
     analytics_messages: i64,
@@ -88,6 +92,7 @@ fn parse_args() -> Result<Options, String> {
         streams: vec![5000, 10_000],
         tokens: 100,
         server_env: Vec::new(),
+        judge_delay: None,
         upstream_h2: true,
         adoption_messages: 100_000,
         analytics_messages: 1_000_000,
@@ -130,6 +135,15 @@ fn parse_args() -> Result<Options, String> {
                     .ok()
                     .filter(|n| *n > 0)
                     .ok_or("--tokens: expected a positive number")?;
+            }
+            "--judge-delay-ms" => {
+                let ms: u64 = value("--judge-delay-ms")?
+                    .parse()
+                    .map_err(|_| "--judge-delay-ms: expected a number of milliseconds")?;
+                options.judge_delay = Some(std::time::Duration::from_millis(ms));
+                options
+                    .server_env
+                    .push(("GUARDRAIL_JUDGE".to_string(), "model".to_string()));
             }
             "--env" => {
                 let pair = value("--env")?;
@@ -224,6 +238,9 @@ async fn run(options: Options) -> Result<(), String> {
     println!("open-files limit: {nofile}");
 
     let fake = fake::Fake::start().await?;
+    if let Some(delay) = options.judge_delay {
+        fake.set_judge_delay(delay);
+    }
     let dir = std::env::temp_dir().join(format!("eloquent-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|err| format!("temp dir: {err}"))?;
     let ca_path = dir.join("fake-ca.pem");

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod chat;
 pub mod guardrails;
 pub mod handoff;
+pub mod judge;
 pub mod knowledge;
 pub mod live;
 pub mod operator;

@@ -144,9 +144,18 @@ impl TurnTally {
 
     /// How the turn ended (see [`TurnMeter::ended`]).
     pub fn ended(&mut self, outcome: &'static str) {
+        self.end(outcome, None);
+    }
+
+    /// The turn ended refused (after it started streaming), for `reason`.
+    pub fn refused(&mut self, reason: &'static str) {
+        self.end("refused", Some(reason));
+    }
+
+    fn end(&mut self, outcome: &'static str, reason: Option<&'static str>) {
         self.meter.ended(outcome);
         if let Some(entry) = self.entry.take() {
-            self.log.record(entry, outcome, None, self.meter.ttft());
+            self.log.record(entry, outcome, reason, self.meter.ttft());
         }
     }
 }

@@ -197,6 +197,10 @@ async fn completions(
         }
     };
     if !streaming {
+        // A slow non-streamed answer (a slow judge or summary): one wait.
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let body = json!({
             "id": "chatcmpl-fake",
             "object": "chat.completion",

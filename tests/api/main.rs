@@ -15,6 +15,7 @@ mod feedback;
 mod handoff;
 mod hardening;
 mod idempotency;
+mod judge;
 mod knowledge;
 mod metrics;
 mod redis;

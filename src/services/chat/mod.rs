@@ -24,11 +24,12 @@ use crate::clients::redis::Redis;
 use crate::clients::retrieval::Passage;
 use crate::error::AppError;
 use crate::metrics::Metrics;
-use crate::services::guardrails::{self, Verdict};
+use crate::services::guardrails::{self, RefusalReason, Verdict};
 use crate::services::handoff::{self, Handoff, Status, Trigger};
+use crate::services::judge::{Judge, Ruling};
 use crate::services::knowledge::retrieve::Retrieval;
 use crate::services::live::{LiveEvent, LiveTurn, TurnHub};
-use crate::services::prompt;
+use crate::services::prompt::{self, EchoGuard};
 use crate::services::rate_limits::RateLimit;
 use crate::services::sends::{self, SendClaims};
 use crate::services::shared_turns::{self, SharedTurn};
@@ -40,6 +41,7 @@ use crate::storage::conversations::{self, ConversationRecord};
 use crate::storage::messages::SendKey;
 use crate::storage::messages::{self, MessageRecord, NewMessage, Role};
 use crate::storage::users;
+use tokio_util::task::AbortOnDropHandle;
 
 mod turns;
 use turns::send_claim_key;
@@ -344,6 +346,15 @@ pub struct ChatService {
     redis: Option<Redis>,
     /// Who answers each conversation: the model or a person.
     handoff: Handoff,
+    /// The guardrail judge, when `GUARDRAIL_JUDGE=model`.
+    judge: Option<Judge>,
+}
+
+/// The models a turn may call: the one that answers, and the guardrail judge.
+#[derive(Clone, Default)]
+pub struct Models {
+    pub answer: Option<ModelClient>,
+    pub judge: Option<Judge>,
 }
 
 /// Limits of the chat pipeline, from the configuration.
@@ -375,7 +386,7 @@ pub struct Lifecycle {
 impl ChatService {
     pub fn new(
         db: Database,
-        model: Option<ModelClient>,
+        models: Models,
         handoff: Handoff,
         retrieval: Retrieval,
         ungrounded_reply: Option<String>,
@@ -412,7 +423,12 @@ impl ChatService {
                 }
             });
         }
+        let Models {
+            answer: model,
+            judge,
+        } = models;
         Self {
+            judge,
             handoff,
             live,
             redis: redis.clone(),
@@ -552,6 +568,13 @@ impl ChatService {
             }
             Verdict::Allow { redacted } => redacted,
         };
+        // The judge reads the message while the context is retrieved and the
+        // answer opened; dropping the handle (a turn that needs no model, a
+        // failed one) cancels it.
+        let judging = self.judge.clone().map(|judge| {
+            let message = redacted.clone();
+            AbortOnDropHandle::new(tokio::spawn(async move { judge.rule(&message).await }))
+        });
         let asked_for_person = handoff::asks_for_human(&redacted);
         // The search needs only the (allowed) message: it runs while the
         // conversation is resolved and its history read. When resolving fails
@@ -660,6 +683,7 @@ impl ChatService {
                 slot,
                 Grounding::fixed(),
                 tally,
+                None,
             )));
         }
         let entry = entry.retrieved(grounding.grounded, &redacted);
@@ -675,18 +699,56 @@ impl ChatService {
             let tally = self.tally(transport, started, false, entry);
             let tokens = fixed_reply(reply);
             return Ok(TurnOutcome::Streaming(
-                self.start_driver(live, tokens, slot, grounding, tally),
+                self.start_driver(live, tokens, slot, grounding, tally, None),
             ));
         }
         let prompt_messages =
             prompt::assemble(&history, turn.clone(), self.settings.history_max_messages);
+        // The instructions this answer was given, to catch it copying them.
+        let echo = EchoGuard::new(
+            prompt_messages
+                .iter()
+                .find(|message| message.role == "system")
+                .map_or(prompt::SYSTEM_PROMPT, |message| message.content.as_str()),
+        );
         // Store the question while the model request goes out (neither needs
         // the other); both are awaited, so a failed model call still leaves the
         // question stored, and a failed store drops (cancels) the model stream.
-        let (stored, tokens) = tokio::join!(
-            messages::insert(&self.db, user_message),
-            model.stream_chat(&prompt_messages)
-        );
+        // With the judge on, its verdict comes first: an attack is stored as
+        // a refusal instead (as the rules' are) and the answer never starts.
+        let judged_and_stored = async {
+            let ruling = match judging {
+                Some(judging) => match judging.await {
+                    Ok(ruling) => ruling,
+                    Err(err) => self.judge.as_ref().map_or(Ruling::Allow, |judge| {
+                        judge.failed(&format!("the judge's task failed: {err}"))
+                    }),
+                },
+                None => Ruling::Allow,
+            };
+            if ruling == Ruling::Allow {
+                return messages::insert(&self.db, user_message).await.map(|_| None);
+            }
+            let refusal = NewMessage {
+                role: Role::Guardrails,
+                content: ruling.message(),
+                turn_id: None,
+                ..user_message
+            };
+            messages::insert(&self.db, refusal)
+                .await
+                .map(|_| Some(ruling))
+        };
+        let (stored, tokens) = tokio::join!(judged_and_stored, model.stream_chat(&prompt_messages));
+        if let Ok(Some(ruling)) = stored {
+            // Refused by the judge: the answer is dropped unread (cancelled).
+            drop(tokens);
+            live.push(LiveEvent::Done);
+            tracing::info!(conversation_id, reason = ?ruling.code(), "the guardrail judge refused a message");
+            self.metrics.turn_ended(transport, "refused");
+            self.turn_log.record(entry, "refused", ruling.code(), None);
+            return Ok(TurnOutcome::Refused(self.view(conversation_id).await?.view));
+        }
         if let Err(err) = stored {
             live.push(LiveEvent::Failed(Failure::Storage));
             // Another server stored the same client message id first (the
@@ -712,9 +774,14 @@ impl ChatService {
             }
         };
         let tally = self.tally(transport, started, grounding.grounded, entry);
-        Ok(TurnOutcome::Streaming(
-            self.start_driver(live, tokens, slot, grounding, tally),
-        ))
+        Ok(TurnOutcome::Streaming(self.start_driver(
+            live,
+            tokens,
+            slot,
+            grounding,
+            tally,
+            Some(echo),
+        )))
     }
 
     /// The metrics and turn-log entry of a turn whose answer starts streaming.
@@ -1079,6 +1146,9 @@ fn authorize(conversation: &ConversationRecord, caller: Option<i64>) -> Result<(
         _ => Ok(()),
     }
 }
+
+/// The turn-log reason of an answer cut for copying its instructions.
+const SYSTEM_PROMPT_COPY: &str = "system_prompt_copy";
 
 /// A fixed text as the model's tokens: streamed in one delta.
 fn fixed_reply(text: &str) -> TokenStream {

@@ -15,6 +15,8 @@ enum Ending {
     Abandoned,
     /// The server is shutting down.
     Shutdown,
+    /// The answer started reproducing the system prompt.
+    Copied,
 }
 
 impl ChatService {
@@ -27,11 +29,14 @@ impl ChatService {
         slot: StreamSlot,
         grounding: Grounding,
         tally: TurnTally,
+        echo: Option<EchoGuard>,
     ) -> ReplyStream {
         // Attached before the driver runs: it never sees an empty turn at first.
         let follower = self.follow_live(live.clone(), 0);
-        self.tasks
-            .spawn(self.clone().drive(live, tokens, slot, grounding, tally));
+        self.tasks.spawn(
+            self.clone()
+                .drive(live, tokens, slot, grounding, tally, echo),
+        );
         follower
     }
 
@@ -46,6 +51,7 @@ impl ChatService {
         slot: StreamSlot,
         grounding: Grounding,
         mut tally: TurnTally,
+        mut echo: Option<EchoGuard>,
     ) {
         let _slot = slot;
         let conversation_id = live.conversation_id;
@@ -85,6 +91,11 @@ impl ChatService {
                 }
                 item = tokens.next() => match item {
                     Some(Ok(delta)) => {
+                        // Checked before it is sent: the delta that completes
+                        // a copied run of the instructions never goes out.
+                        if echo.as_mut().is_some_and(|echo| echo.copied(&delta)) {
+                            break Ending::Copied;
+                        }
                         // Recorded before it is sent: the stored partial holds
                         // at least what any follower saw.
                         answer.text.push_str(&delta);
@@ -102,6 +113,16 @@ impl ChatService {
         // Release the upstream connection before the database work.
         drop(tokens);
         answer.stopped = ending == Ending::Stopped;
+        if ending == Ending::Copied {
+            // The refusal is the answer; what was streamed of the copy is
+            // never stored, and `done` carries the refusal for clients to show.
+            tracing::warn!(
+                conversation_id,
+                "an answer reproducing the system prompt was cut"
+            );
+            answer.text = RefusalReason::PromptInjection.message().to_string();
+            answer.grounding = Grounding::fixed();
+        }
         let stored = answer.store().await;
         if ending == Ending::Shutdown {
             tally.ended("client_gone");
@@ -121,11 +142,12 @@ impl ChatService {
             live.push(LiveEvent::Failed(Failure::Storage));
             return;
         }
-        tally.ended(match ending {
-            Ending::Stopped => "stopped",
-            Ending::Abandoned => "client_gone",
-            Ending::Finished | Ending::Shutdown => "completed",
-        });
+        match ending {
+            Ending::Copied => tally.refused(SYSTEM_PROMPT_COPY),
+            Ending::Stopped => tally.ended("stopped"),
+            Ending::Abandoned => tally.ended("client_gone"),
+            Ending::Finished | Ending::Shutdown => tally.ended("completed"),
+        }
         // Each follower reads the history with the answer when it gets here.
         live.push(LiveEvent::Done);
     }
