@@ -1,6 +1,7 @@
 //! The `eloquent` server binary: `eloquent [serve]` serves; `eloquent migrate
 //! [--dry-run]` applies migrations, adopts the Python service's tables and
-//! exits; `eloquent kb ...` manages the knowledge base.
+//! exits; `eloquent kb ...` manages the knowledge base; `eloquent webhooks
+//! ...` the webhook outbox.
 
 use std::process::ExitCode;
 
@@ -35,6 +36,9 @@ enum Command {
     /// The knowledge base answers are drawn from.
     #[command(subcommand)]
     Kb(eloquent::cli::KbCommand),
+    /// The webhook outbox: list events, send given-up ones again.
+    #[command(subcommand)]
+    Webhooks(eloquent::cli::WebhooksCommand),
 }
 
 #[tokio::main]
@@ -51,6 +55,10 @@ async fn main() -> ExitCode {
         Some(Command::Kb(command)) => {
             telemetry::init_to_stderr(config.log_format);
             return eloquent::cli::kb(command, config).await;
+        }
+        Some(Command::Webhooks(command)) => {
+            telemetry::init_to_stderr(config.log_format);
+            return eloquent::cli::webhooks(command, config).await;
         }
         Some(Command::Migrate { dry_run }) => Some(dry_run),
         None | Some(Command::Serve) => None,

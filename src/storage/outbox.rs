@@ -201,3 +201,82 @@ pub async fn purge_delivered(db: &Database, before_ms: i64) -> Result<u64, sqlx:
             .map(|done| done.rows_affected())
     })
 }
+
+/// An event as operators see it (`eloquent webhooks list`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub created_ms: i64,
+    pub attempts: i32,
+    pub next_attempt_ms: i64,
+    pub delivered_ms: Option<i64>,
+    pub failed_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Which events to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventState {
+    /// Not yet delivered nor given up.
+    Pending,
+    /// Given up after the last attempt.
+    Failed,
+    Delivered,
+}
+
+/// Events in `state`, newest first, at most `limit`.
+pub async fn list(
+    db: &Database,
+    state: EventState,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let filter = match state {
+        EventState::Pending => "delivered_ms IS NULL AND failed_ms IS NULL",
+        EventState::Failed => "failed_ms IS NOT NULL",
+        EventState::Delivered => "delivered_ms IS NOT NULL",
+    };
+    let sql = format!(
+        "SELECT event_id, event_type, created_ms, attempts, next_attempt_ms, delivered_ms, \
+         failed_ms, last_error FROM webhook_outbox WHERE {filter} ORDER BY id DESC LIMIT $1"
+    );
+    on_reader!(db, conn => {
+        sqlx::query_as::<_, StoredEvent>(&sql)
+            .bind(limit)
+            .fetch_all(conn)
+            .await
+    })
+}
+
+/// Makes given-up events due again at `now_ms` with a fresh set of
+/// attempts: those named (any undelivered one), or every failed one when
+/// `ids` is `None`. How many.
+pub async fn redeliver(
+    db: &Database,
+    ids: Option<&[String]>,
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    let which = match ids {
+        None => "failed_ms IS NOT NULL".to_string(),
+        Some(ids) => format!(
+            "event_id IN ({})",
+            (0..ids.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let sql = format!(
+        "UPDATE webhook_outbox SET failed_ms = NULL, attempts = 0, next_attempt_ms = $1, \
+         claimed_until_ms = NULL WHERE delivered_ms IS NULL \
+         AND (claimed_until_ms IS NULL OR claimed_until_ms < $1) AND {which}"
+    );
+    let ids: Vec<String> = ids.map(<[String]>::to_vec).unwrap_or_default();
+    on_writer!(db, conn => {
+        let mut query = sqlx::query(&sql).bind(now_ms);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query.execute(&mut *conn).await.map(|done| done.rows_affected())
+    })
+}

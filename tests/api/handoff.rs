@@ -131,6 +131,8 @@ async fn asking_for_a_person_hands_over_and_the_model_is_silent_until_closed() {
     app.get("/api/agent/conversations", Some(&admin))
         .await
         .expect(200);
+    let me = app.get("/api/auth/me", Some(&agent)).await;
+    assert_eq!(me.expect(200)["role"], "agent");
     app.get("/api/agent/conversations", Some(&user))
         .await
         .expect(403);
@@ -655,4 +657,76 @@ async fn webhook_settings_are_checked_at_startup() {
             .expect_err("refused");
         assert_eq!(err.variable, variable);
     }
+}
+
+/// `eloquent webhooks ARGS` on `app`'s database: (exit ok, stdout).
+async fn webhooks_cli(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_eloquent"))
+        .arg("webhooks")
+        .args(args)
+        .env("DATABASE_URL", &app.database_url)
+        // No `.env` of the working copy's.
+        .current_dir(std::env::temp_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run eloquent webhooks");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_event_given_up_after_its_last_attempt_is_listed_and_sent_again_on_request() {
+    let receiver = FakeReceiver::start(SECRET).await;
+    receiver.set_failing(true);
+    let app = app_with(&[
+        ("WEBHOOK_URL", receiver.url.as_str()),
+        ("WEBHOOK_SECRET", SECRET),
+        ("WEBHOOK_RETRY_BASE_SECS", "0.02"),
+        ("WEBHOOK_MAX_ATTEMPTS", "2"),
+    ])
+    .await;
+    let id = app.new_conversation(None).await;
+    app.post(&format!("/api/chat/handoff/{id}"), &json!({}), None)
+        .await
+        .expect(200);
+    receiver
+        .wait_until(Duration::from_secs(20), |deliveries| deliveries.len() == 2)
+        .await;
+    // Given up: listed as failed with its last error, no third attempt.
+    let failed = loop {
+        let (ok, out) = webhooks_cli(&app, &["list", "--failed", "--json"]).await;
+        assert!(ok);
+        let listed: Value = serde_json::from_str(&out).expect("json");
+        if listed["events"]
+            .as_array()
+            .is_some_and(|events| !events.is_empty())
+        {
+            break listed["events"][0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(failed["id"], receiver.deliveries()[0].id());
+    assert_eq!(failed["attempts"], 2);
+    assert_eq!(failed["last_error"], "the receiver answered 500");
+    let (ok, out) = webhooks_cli(&app, &["list", "--json"]).await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json")["events"],
+        json!([])
+    );
+    // An unknown id is an error; --failed sends it again, once.
+    assert!(!webhooks_cli(&app, &["retry", "evt_unknown"]).await.0);
+    receiver.set_failing(false);
+    assert!(webhooks_cli(&app, &["retry", "--failed"]).await.0);
+    receiver
+        .wait_until(Duration::from_secs(20), |_| !receiver.accepted().is_empty())
+        .await;
+    assert_eq!(
+        receiver.accepted()[0].id(),
+        failed["id"].as_str().expect("id")
+    );
+    assert_eq!(receiver.deliveries().len(), 3);
 }

@@ -1,5 +1,4 @@
-//! The `eloquent kb` commands: thin over `services::knowledge`, printing
-//! for people (stderr) and scripts (stdout with `--json`, exit status).
+//! The `eloquent kb` commands: thin over `services::knowledge`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
