@@ -13,6 +13,7 @@
 mod adoption;
 mod analytics;
 mod fake;
+mod guardrails;
 mod knowledge;
 mod load;
 mod postgres;
@@ -43,6 +44,8 @@ usage: cargo run --release --bin bench -- [options]
                          7 upgrading in place (adopting a Python-service database)
                          8 local knowledge base (ingest and search 50,000 records)
                          9 admin analytics over 1,000,000 messages
+                         10 guardrails: attack refusal and benign pass rates, rule latency (no
+                            server; run bench/data/guardrails/fetch.sh first for the attack set)
   --adoption-messages N  messages in section 7's generated database (default 100000)
   --kb-records N       serve with RETRIEVAL_BACKEND=local on a knowledge base of N generated
                          records (ingested before the server starts) instead of the fake
@@ -80,7 +83,7 @@ struct Options {
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         quick: false,
-        sections: (1..=9).collect(),
+        sections: (1..=10).collect(),
         streams: vec![5000, 10_000],
         tokens: 100,
         server_env: Vec::new(),
@@ -102,10 +105,12 @@ fn parse_args() -> Result<Options, String> {
                 let list = value("--sections")?;
                 options.sections = list
                     .split(',')
-                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=9).contains(n)))
+                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=10).contains(n)))
                     .collect::<Option<_>>()
                     .ok_or(format!("--sections: bad list {list:?}"))?;
-                options.sections.insert(6);
+                if options.sections.iter().any(|n| *n < 10) {
+                    options.sections.insert(6);
+                }
             }
             "--streams" => {
                 let list = value("--streams")?;
@@ -199,6 +204,18 @@ async fn run(options: Options) -> Result<(), String> {
         );
     }
     let started = Instant::now();
+    if options.sections.iter().all(|n| *n >= 10) {
+        // Section 10 alone needs no server.
+        let mut results = Results {
+            quick: options.quick,
+            command: "cargo run --release --bin bench -- --sections 10".into(),
+            ..Results::default()
+        };
+        println!("section 10: guardrails");
+        results.guardrails = Some(guardrails::run()?);
+        results.elapsed = started.elapsed();
+        return write_report(&options, &results);
+    }
     let binary = server::server_binary()?;
     let stale = server::stale_sources(&binary);
     if !stale.is_empty() {
@@ -470,10 +487,21 @@ async fn run(options: Options) -> Result<(), String> {
         }
         results.analytics = runs;
     }
+    if options.sections.contains(&10) {
+        println!("section 10: guardrails");
+        results.guardrails = Some(guardrails::run()?);
+    }
     results.elapsed = started.elapsed();
-    let markdown = report::render(&results);
+    write_report(&options, &results)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Prints the markdown and writes it where `--out` (or a full run) says.
+fn write_report(options: &Options, results: &Results) -> Result<(), String> {
+    let markdown = report::render(results);
     println!("\n{markdown}");
-    let all_sections = options.sections.len() == 9;
+    let all_sections = options.sections.len() == 10;
     let out = match (&options.out, options.no_write) {
         (_, true) => None,
         (Some(path), false) => Some(path.clone()),
@@ -487,7 +515,6 @@ async fn run(options: Options) -> Result<(), String> {
             .map_err(|err| format!("write {}: {err}", path.display()))?;
         println!("wrote {}", path.display());
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
