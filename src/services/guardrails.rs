@@ -83,8 +83,13 @@ const CARD_TAG: &str = "[redacted-card]";
 const EMAIL_TAG: &str = "[redacted-email]";
 const PHONE_TAG: &str = "[redacted-phone]";
 
+// Word boundaries are ASCII ones: a Unicode `\b` makes the regex engine
+// fall back from its DFA to a far slower one on any text with a non-ASCII
+// character (an 8,000-character message took milliseconds instead of
+// microseconds). Where a non-ASCII letter next to a match matters, the
+// detectors check it themselves (`left_boundary_ok`, `is_word_char`).
 fn re(pattern: &str) -> Regex {
-    Regex::new(pattern).expect("valid regex")
+    Regex::new(&pattern.replace(r"\b", r"(?-u:\b)")).expect("valid regex")
 }
 
 // Every detector runs on the original text and claims byte ranges; a range is
@@ -126,10 +131,19 @@ impl<'a> Redactor<'a> {
     }
 
     fn claim_pii(&mut self) {
-        self.claim_ibans();
-        self.claim_cards();
+        // Cheap necessary conditions first: most messages hold no number
+        // long enough to be a card or a phone, nor an IBAN's "GB82" start.
+        let shape = Shape::of(self.text);
+        if !shape.iban_starts.is_empty() {
+            self.claim_ibans(&shape.iban_starts);
+        }
+        if shape.digit_cluster >= 13 {
+            self.claim_cards();
+        }
         self.claim_emails();
-        self.claim_phones();
+        if !shape.phone_windows.is_empty() {
+            self.claim_phones(&shape.phone_windows);
+        }
     }
 
     /// Returns true if at least one secret was found.
@@ -149,15 +163,26 @@ impl<'a> Redactor<'a> {
         found
     }
 
-    fn claim_ibans(&mut self) {
+    /// `starts`: where an IBAN can start (see `Shape`); the anchored regex
+    /// is tried there only, which finds what a search of the whole text would.
+    fn claim_ibans(&mut self, starts: &[usize]) {
         let text = self.text;
-        for m in IBAN_RE.find_iter(text) {
+        let mut searched_to = 0;
+        for &start in starts {
+            if start < searched_to {
+                continue;
+            }
+            let Some(m) = IBAN_AT_RE.find(&text[start..]) else {
+                continue;
+            };
+            searched_to = start + m.end();
+            let m_start = start;
             // The candidate may have swallowed a trailing short word ("... 32 ok");
             // retry without trailing space-separated groups before giving up.
             let mut cand = m.as_str();
             loop {
                 if iban_valid(cand) {
-                    self.claim(m.start(), m.start() + cand.len(), IBAN_TAG);
+                    self.claim(m_start, m_start + cand.len(), IBAN_TAG);
                     break;
                 }
                 match cand.rfind(' ') {
@@ -190,7 +215,18 @@ impl<'a> Redactor<'a> {
             let mut i = 0;
             while i < groups.len() {
                 let mut claimed = None;
-                for j in (i..groups.len()).rev() {
+                // Only runs of at most 19 digits can be cards: a long list of
+                // numbers must not cost a quadratic search.
+                let mut last = i;
+                let mut total = 0;
+                for (k, &(s, e)) in groups.iter().enumerate().skip(i) {
+                    total += e - s;
+                    if total > 19 {
+                        break;
+                    }
+                    last = k;
+                }
+                for j in (i..=last).rev() {
                     let digits: Vec<u8> = groups[i..=j]
                         .iter()
                         .flat_map(|&(s, e)| m.as_str()[s..e].bytes())
@@ -220,9 +256,11 @@ impl<'a> Redactor<'a> {
         }
     }
 
-    fn claim_phones(&mut self) {
+    /// `windows`: the stretches around long enough digit clusters (see
+    /// `Shape`), outside which no phone regex can match.
+    fn claim_phones(&mut self, windows: &[(usize, usize)]) {
         let text = self.text;
-        for m in INTL_PHONE_RE.find_iter(text) {
+        for m in find_in_windows(&INTL_PHONE_RE, text, windows) {
             if char_before(text, m.start()).is_some_and(is_word_char) {
                 continue;
             }
@@ -240,7 +278,7 @@ impl<'a> Redactor<'a> {
             }
         }
         for re in [&*US_PHONE_RE, &*NATIONAL_PHONE_RE] {
-            for m in re.find_iter(text) {
+            for m in find_in_windows(re, text, windows) {
                 let s = m.as_str();
                 let spaced = s.contains(' ');
                 let digits = s.bytes().filter(u8::is_ascii_digit).count();
@@ -258,6 +296,82 @@ impl<'a> Redactor<'a> {
             }
         }
     }
+}
+
+/// Where the PII regexes can match, found in one pass over the bytes so
+/// that most messages (no long number, no IBAN) skip them.
+struct Shape {
+    /// The most ASCII digits in a cluster: a run where at most two other
+    /// bytes separate consecutive digits ("(555) 123-4567": 10). Cards need 13.
+    digit_cluster: usize,
+    /// Clusters of 8 or more digits (what a phone needs), widened by the
+    /// bytes a phone match may take around them ("+", "(", ")").
+    phone_windows: Vec<(usize, usize)>,
+    /// Two ASCII letters then two digits after a non-word byte: the only
+    /// places an IBAN match can start.
+    iban_starts: Vec<usize>,
+}
+
+impl Shape {
+    fn of(text: &str) -> Self {
+        let bytes = text.as_bytes();
+        let mut shape = Shape {
+            digit_cluster: 0,
+            phone_windows: Vec::new(),
+            iban_starts: Vec::new(),
+        };
+        let (mut run, mut run_start, mut last_digit, mut gap) = (0, 0, 0, usize::MAX);
+        let close = |shape: &mut Shape, run: usize, start: usize, end: usize| {
+            if run >= 8 {
+                let lo = floor_boundary(text, start.saturating_sub(2));
+                let hi = ceil_boundary(text, (end + 3).min(text.len()));
+                shape.phone_windows.push((lo, hi));
+            }
+        };
+        for (i, &b) in bytes.iter().enumerate() {
+            if b.is_ascii_digit() {
+                if gap > 2 {
+                    close(&mut shape, run, run_start, last_digit + 1);
+                    run = 0;
+                    run_start = i;
+                }
+                run += 1;
+                shape.digit_cluster = shape.digit_cluster.max(run);
+                last_digit = i;
+                gap = 0;
+                if i >= 3
+                    && bytes[i - 1].is_ascii_digit()
+                    && bytes[i - 2].is_ascii_alphabetic()
+                    && bytes[i - 3].is_ascii_alphabetic()
+                    && (i == 3 || !(bytes[i - 4].is_ascii_alphanumeric() || bytes[i - 4] == b'_'))
+                {
+                    shape.iban_starts.push(i - 3);
+                }
+            } else {
+                gap = gap.saturating_add(1);
+            }
+        }
+        close(&mut shape, run, run_start, last_digit + 1);
+        shape
+    }
+}
+
+/// Matches of `re` starting inside `windows`, in order (a match found from
+/// two overlapping windows is returned twice; claims ignore the second).
+fn find_in_windows<'t>(
+    re: &Regex,
+    text: &'t str,
+    windows: &[(usize, usize)],
+) -> Vec<regex::Match<'t>> {
+    let mut out = Vec::new();
+    for &(lo, hi) in windows {
+        let mut at = lo;
+        while let Some(m) = re.find_at(&text[..hi], at) {
+            out.push(m);
+            at = m.end();
+        }
+    }
+    out
 }
 
 // PEM private key block: the whole block up to its END line, or to the end of
@@ -292,8 +406,8 @@ fn openai_key_plausible(body: &str) -> bool {
     longest_run == body.len() || longest_run >= 16
 }
 
-static IBAN_RE: LazyLock<Regex> =
-    LazyLock::new(|| re(r"(?i)\b[a-z]{2}[0-9]{2}(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?\b"));
+static IBAN_AT_RE: LazyLock<Regex> =
+    LazyLock::new(|| re(r"^(?i)[a-z]{2}[0-9]{2}(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?\b"));
 
 fn iban_valid(candidate: &str) -> bool {
     let compact: Vec<u8> = candidate
@@ -467,23 +581,37 @@ fn right_boundary_ok(text: &str, end: usize, spaced: bool) -> bool {
 
 /// Lowercases, drops invisible/format characters (zero-width spaces are a
 /// classic way to split trigger words), unifies quotes and collapses whitespace.
-fn normalize(text: &str) -> String {
+/// Also says whether invisible characters were dropped.
+fn normalize(text: &str) -> (String, bool) {
     let mut out = String::with_capacity(text.len());
     let mut pending_space = false;
+    let mut invisible = false;
     for c in text.chars() {
-        if is_invisible(c) {
+        let c = if c.is_ascii() {
+            match c {
+                '`' => '\'',
+                '_' => ' ',
+                c => c.to_ascii_lowercase(),
+            }
+        } else if is_invisible(c) {
+            invisible = true;
             continue;
-        }
-        let c = match c {
-            '\u{2018}' | '\u{2019}' | '\u{201B}' | '\u{2032}' | '`' | '\u{00B4}' => '\'',
-            '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{00AB}' | '\u{00BB}' => '"',
-            '_' => ' ',
-            // Full-width forms ("ｉｇｎｏｒｅ") fold to ASCII.
-            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
-            '\u{3000}' => ' ',
-            c => c,
+        } else {
+            match c {
+                '\u{2018}' | '\u{2019}' | '\u{201B}' | '\u{2032}' | '\u{00B4}' => '\'',
+                '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{00AB}' | '\u{00BB}' => '"',
+                // Full-width forms ("ｉｇｎｏｒｅ") fold to ASCII.
+                '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0)
+                    .unwrap_or(c)
+                    .to_ascii_lowercase(),
+                // CJK and Hangul: the bulk of long non-Latin messages.
+                '\u{3400}'..='\u{9FFF}' | '\u{AC00}'..='\u{D7AF}' => 'x',
+                c if c > '\u{04FF}' => fold_to_ascii(c),
+                c if c.is_uppercase() => fold_to_ascii(c.to_lowercase().next().unwrap_or(c)),
+                c => fold_to_ascii(c),
+            }
         };
-        if c.is_whitespace() || c.is_control() {
+        if c.is_ascii_whitespace() || c.is_ascii_control() {
             pending_space = !out.is_empty();
             continue;
         }
@@ -491,9 +619,51 @@ fn normalize(text: &str) -> String {
             out.push(' ');
             pending_space = false;
         }
-        out.extend(c.to_lowercase());
+        out.push(c);
     }
-    out
+    (out, invisible)
+}
+
+/// The normalized text is ASCII, so the rules' regexes always run on their
+/// fast DFA (non-ASCII text made them fall back to a far slower engine).
+/// Letters that look like ASCII ones (accented Latin, Cyrillic and Greek
+/// homoglyphs: "іgnоre" with Cyrillic і and о) become those; any other
+/// letter or digit becomes `x` (still a word character), anything else a
+/// space.
+fn fold_to_ascii(c: char) -> char {
+    if c.is_ascii() {
+        return c;
+    }
+    // Past Cyrillic nothing is folded (whatever its case).
+    if c > '\u{04FF}' {
+        return if c.is_alphanumeric() { 'x' } else { ' ' };
+    }
+    match c {
+        'à'..='å' | 'а' | 'α' | 'ά' => 'a',
+        'ç' | 'ć' | 'č' | 'с' | 'ϲ' => 'c',
+        'ď' | 'ԁ' => 'd',
+        'è'..='ë' | 'ē' | 'ė' | 'ę' | 'ě' | 'е' | 'ё' | 'ε' | 'έ' => 'e',
+        'ɡ' | 'ğ' => 'g',
+        'һ' => 'h',
+        'ì'..='ï' | 'ı' | 'і' | 'ї' | 'ι' | 'ί' => 'i',
+        'ј' => 'j',
+        'κ' | 'к' => 'k',
+        'ł' | 'ӏ' => 'l',
+        'ñ' | 'ń' | 'ň' | 'η' | 'п' => 'n',
+        'ò'..='ö' | 'ø' | 'ő' | 'о' | 'ο' | 'ό' | 'σ' => 'o',
+        'р' | 'ρ' => 'p',
+        'ř' | 'г' => 'r',
+        'ś' | 'š' | 'ş' | 'ѕ' => 's',
+        'ť' | 'т' | 'τ' => 't',
+        'ù'..='ü' | 'ů' | 'ű' | 'υ' | 'ύ' => 'u',
+        'ν' => 'v',
+        'ω' | 'ш' => 'w',
+        'х' | 'χ' => 'x',
+        'ý' | 'ÿ' | 'у' | 'γ' => 'y',
+        'ź' | 'ż' | 'ž' => 'z',
+        c if c.is_alphanumeric() => 'x',
+        _ => ' ',
+    }
 }
 
 fn strip_invisible(text: &str) -> String {
@@ -522,7 +692,7 @@ fn is_invisible(c: char) -> bool {
 }
 
 fn is_prompt_injection(text: &str) -> bool {
-    let n = normalize(text);
+    let (n, invisible) = normalize(text);
     if INJECTION_RULES
         .iter()
         .any(|rule| rule.re.captures_iter(&n).any(|c| (rule.accept)(&n, &c)))
@@ -531,16 +701,26 @@ fn is_prompt_injection(text: &str) -> bool {
     }
     // Case-sensitive persona checks: "DAN" but not the name "Dan". Skipped for
     // shouted messages, where capitals carry no signal.
-    let raw = strip_invisible(text);
+    let raw = if invisible {
+        std::borrow::Cow::Owned(strip_invisible(text))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    };
+    if !PERSONA_CASED_RE.is_match(&raw) {
+        return false;
+    }
     let letters = raw.chars().filter(|c| c.is_alphabetic()).count();
     let upper = raw.chars().filter(|c| c.is_uppercase()).count();
-    let shouting = letters >= 12 && upper * 10 >= letters * 6;
-    !shouting && PERSONA_CASED_RE.is_match(&raw)
+    letters < 12 || upper * 10 < letters * 6
 }
 
 static PERSONA_CASED_RE: LazyLock<Regex> =
     LazyLock::new(|| re(r"\bDAN\b|\bDo\s+Anything\s+Now\b|\bDO\s+ANYTHING\s+NOW\b"));
 
+// Each rule's pattern starts with literal words (or a short list of them):
+// the regex engine then skips through the text to their occurrences instead
+// of running its automaton over every byte, which keeps a rule at about a
+// microsecond on an 8,000-character message.
 struct Rule {
     re: Regex,
     accept: fn(&str, &Captures) -> bool,
@@ -729,6 +909,54 @@ fn accept_you_are_now(_: &str, c: &Captures) -> bool {
     }
 }
 
+// "You will play the role of ..." always; "play the role of" otherwise only
+// as an order (at the start of a sentence, maybe after "please").
+fn accept_play_role(n: &str, c: &Captures) -> bool {
+    if c.get(1).is_some() {
+        return true;
+    }
+    let Some(m) = c.get(0) else { return false };
+    let before = n[..m.start()].trim_end();
+    let before = before.strip_suffix("please").unwrap_or(before).trim_end();
+    c.get(2).is_some()
+        && c.get(3).is_some_and(|noun| noun.as_str() != "identity")
+        && (before.is_empty() || before.ends_with(['.', '!', '?', ';', ':']))
+}
+
+// "Do Anything Now" as a name ("DAN stands for Do Anything Now", "a
+// 'do anything now' persona") or a promise ("you can now do anything"); not
+// "can you do anything now about my card?".
+fn accept_do_anything_now(n: &str, c: &Captures) -> bool {
+    const NAMING: &[&str] = &[
+        "stands for",
+        "stand for",
+        "short for",
+        "called",
+        "named",
+        "known as",
+        "aka",
+        "means",
+    ];
+    let promise = c.get(1).is_some() && (c.get(2).is_some() || c.get(4).is_some());
+    let (Some(phrase), Some(now)) = (c.get(3), c.get(4)) else {
+        return promise;
+    };
+    let before = n[..phrase.start()].trim_end();
+    let quoted = before.ends_with(['"', '\'', '(', '[']);
+    let unquoted = before
+        .strip_suffix([':', '"', '\'', '(', '['])
+        .unwrap_or(before)
+        .trim_end();
+    let after = n[now.end()..].trim_start();
+    promise
+        || quoted
+        || NAMING.iter().any(|name| unquoted.ends_with(name))
+        || after.starts_with(['"', '\'', ')', ']'])
+        || ["mode", "persona", "prompt"]
+            .iter()
+            .any(|word| after.starts_with(word))
+}
+
 // "jailbroken iPhone" / "developer mode on my Android" are device questions.
 fn accept_not_device(n: &str, c: &Captures) -> bool {
     let Some(m) = c.get(0) else { return false };
@@ -826,8 +1054,8 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             always,
         ),
         rule(
-            r"\byou\s+(?:will\s+|must\s+|should\s+|are\s+going\s+to\s+|to\s+|can\s+|now\s+)?(?:play|assume|adopt|take\s+on)\s+(?:the\s+)?(?:role|persona|character|identity)\s+of\b|(?:^|[.!?;:]\s*)(?:please\s+)?(?:play|assume|adopt|take\s+on)\s+the\s+(?:role|persona|character)\s+of\b",
-            always,
+            r"\b(you\s+(?:will\s+|must\s+|should\s+|are\s+going\s+to\s+|to\s+|can\s+|now\s+)?)?(?:play|assume|adopt|take\s+on)\s+(the\s+)?(role|persona|character|identity)\s+of\b",
+            accept_play_role,
         ),
         // "act as" only with an AI/persona target: "act as a co-signer" is fine.
         rule(
@@ -859,8 +1087,8 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             always,
         ),
         rule(
-            r#"(?:stands?\s+for|short\s+for|called|named|known\s+as|aka|means)\s*[:"'(\[]?\s*do\s+anything\s+now|["'(\[]\s*do\s+anything\s+now|\bdo\s+anything\s+now\s*(?:["')\]]|mode|persona|prompt)|\byou\s+(?:can|will|must|could|are\s+(?:able|free|allowed|going)\s+to)\s+(?:now\s+do\s+anything|do\s+anything\s+now)\b"#,
-            always,
+            r"\b(you\s+(?:can|will|must|could|are\s+(?:able|free|allowed|going)\s+to)\s+)?(now\s+)?(do\s+anything)(\s+now)?\b",
+            accept_do_anything_now,
         ),
     ]
 });
