@@ -833,13 +833,19 @@ fn accept_prompt_disclosure(_: &str, c: &Captures) -> bool {
         keeps pop pops popping popped appear appears appeared appearing on when want wants \
         require requires requesting tell tells telling at during after while before for \
         about from box window screen message";
+    const STRONG: &str = "hidden secret internal underlying confidential private initial original \
+        starting opening developer raw verbatim";
     let owner = c.get(1).map(|m| m.as_str());
-    let noun = c.get(2).map_or("", |m| m.as_str());
-    let next = c.get(3).map_or("", |m| m.as_str());
+    let quals = c.get(2).map_or("", |m| m.as_str());
+    let noun = c.get(3).map_or("", |m| m.as_str());
+    let next = c.get(4).map_or("", |m| m.as_str());
     match owner {
         Some("your" | "its") => true,
         Some("a") => false,
-        _ => !noun.starts_with("prompt") && !any_word_in(next, DIALOG_FOLLOWERS),
+        _ => {
+            (!noun.starts_with("prompt") || any_word_in(quals, STRONG))
+                && !any_word_in(next, DIALOG_FOLLOWERS)
+        }
     }
 }
 
@@ -853,8 +859,13 @@ fn accept_rules_disclosure(_: &str, c: &Captures) -> bool {
     const PROBING_VERBS: &str = "reveal leak dump expose disclose recite";
     let verb = c.get(1).map_or("", |m| m.as_str());
     let quals = c.get(2).map_or("", |m| m.as_str());
+    let noun = c.get(3).map_or("", |m| m.as_str());
     let tail = c.get(4).map_or("", |m| m.as_str()).trim_start();
-    any_word_in(quals, STRONG_QUALIFIERS)
+    // Nobody asks a bank for "your programming" or "your configuration".
+    matches!(
+        noun,
+        "programming" | "configuration" | "guardrails" | "directives"
+    ) || any_word_in(quals, STRONG_QUALIFIERS)
         || PROBING_VERBS
             .split_whitespace()
             .any(|v| verb.starts_with(v))
@@ -957,6 +968,27 @@ fn accept_do_anything_now(n: &str, c: &Captures) -> bool {
             .any(|word| after.starts_with(word))
 }
 
+// Persona phrases that are also ordinary English ("not bound by any
+// restrictions", "you have no limits") count only near a word for an AI.
+fn accept_ai_context(n: &str, c: &Captures) -> bool {
+    let Some(m) = c.get(0) else { return false };
+    let lo = floor_boundary(n, m.start().saturating_sub(150));
+    let hi = ceil_boundary(n, (m.end() + 150).min(n.len()));
+    AI_WORDS_RE.is_match(&n[lo..hi])
+}
+
+static AI_WORDS_RE: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"\b(?:ai|a\.i|artificial\s+intelligence|chat\s?gpt|gpt[\w.-]*|llm|language\s+model|chat\s?bot|bot|openai|persona|jailbreak|jailbroken|dan|assistant|model)\b",
+    )
+});
+
+// "Enter god mode", "developer mode enabled"; not "how do I enable debug
+// mode?" nor a device's developer mode.
+fn accept_mode_switch(n: &str, c: &Captures) -> bool {
+    accept_not_negated(n, c) && accept_not_device(n, c)
+}
+
 // "jailbroken iPhone" / "developer mode on my Android" are device questions.
 fn accept_not_device(n: &str, c: &Captures) -> bool {
     let Some(m) = c.get(0) else { return false };
@@ -987,7 +1019,11 @@ static DEVICE_RE: LazyLock<Regex> = LazyLock::new(|| {
 
 const DISCLOSE_VERBS: &str = r"(?:what(?:'s|\s+is|\s+are|\s+was|\s+were)|show|reveal|print|display|output|repeat|tell\s+me|give\s+me|share|leak|dump|expose|recite|write\s+out|paste|spell\s+out|disclose|echo|type\s+out|list|read\s+(?:me|out|back)|send\s+me|copy|provide|summari[sz]e|translate|describe)";
 
-const PROMPT_QUALIFIERS: &str = r"(?:(?:own|full|exact|entire|complete|whole|original|initial|first|hidden|secret|internal|underlying|real|actual|current|confidential|private|verbatim|starting|opening|base|core|developer|raw|default)[\s-]+){0,3}";
+// Only with a prompt as the object ("see the system prompt", "encode your
+// system prompt in base64"): with "your rules" these are how-to questions.
+const PROMPT_VERBS: &str = r"(?:see|view|access|get|know|read|check|audit|review|export|encode|convert|rewrite|reverse|format|dump|base64|rot13|hex)";
+
+const PROMPT_QUALIFIERS: &str = r"((?:(?:own|full|exact|entire|complete|whole|original|initial|first|hidden|secret|internal|underlying|real|actual|current|confidential|private|verbatim|starting|opening|base|core|developer|raw|default)[\s-]+){0,3})";
 
 static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
     vec![
@@ -1005,7 +1041,7 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         ),
         rule(
             &format!(
-                r"\b{DISCLOSE_VERBS}\b(?:\s+[\w'-]+){{0,5}}?\s+(?:(your|its|the|this|that|my|a)\s+)?{PROMPT_QUALIFIERS}(system\s+(?:prompts?|messages?|instructions?|rules|configuration|config|directives?)|(?:pre|meta|initial|original|hidden|secret|first|starting|opening|base|internal|full|entire|exact|complete|whole|raw|real|actual|underlying)[\s-]*prompts?|prompts?)\b((?:\s+[\w'-]+)?)"
+                r"\b(?:{DISCLOSE_VERBS}|{PROMPT_VERBS})\b(?:\s+[\w'-]+[:,]?){{0,6}}?\s+(?:(your|its|the|this|that|my|a)\s+)?{PROMPT_QUALIFIERS}(system\s+(?:prompts?|messages?|instructions?|rules|configuration|config|directives?)|(?:pre|meta|initial|original|hidden|secret|first|starting|opening|base|internal|full|entire|exact|complete|whole|raw|real|actual|underlying)[\s-]*prompts?|prompts?)\b((?:\s+[\w'-]+)?)"
             ),
             accept_prompt_disclosure,
         ),
@@ -1089,6 +1125,64 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
         rule(
             r"\b(you\s+(?:can|will|must|could|are\s+(?:able|free|allowed|going)\s+to)\s+)?(now\s+)?(do\s+anything)(\s+now)?\b",
             accept_do_anything_now,
+        ),
+        // Forcing how the answer starts, or continuing a quoted fragment of
+        // the instructions.
+        rule(
+            r#"\b(?:start|begin)\s+(?:your|the|each|every)\s+(?:answer|response|reply|output|message)s?\s+with\s+["']|\b(?:start|begin)(?:ning|ing)?\s+with\s+(?:the\s+(?:phrase|words?|sentence|line)\s+)?["']?you\s+are\b|\b(?:complete|continue|finish)\b[^"']{0,40}["'][^"']{0,60}\b(?:instruct\w*|prompt|system|programmed|rules|initiali[sz]ation)\b"#,
+            always,
+        ),
+        rule(
+            r"\b(?:systemprompt|sysprompt|system\s+prompt\s*[)\]}>]|initiali[sz]ation\s+(?:string|text|prompt|message|above|instructions))|<\s*/?\s*(?:system(?:\s+(?:prompt|message|instructions?))?|sys)\s*>",
+            always,
+        ),
+        rule(
+            r"\b(?:repeat|print|output|reveal|display|recite|echo|show|copy|rewrite|translate|list)\s+(?:back\s+)?(?:me\s+)?(?:all\s+)?the\s+(?:above|preceding|initial)\s+(?:text|words|lines|content|instructions|prompt)\b|\b(?:written|said|typed|stated|given)\s+(?:to\s+you\s+)?(?:above|before)\s+(?:this|our|the)\s+(?:conversation|chat|dialog(?:ue)?)\b|\b(?:text|words|message|content|context|configuration)\s+(?:that\s+)?you\s+(?:were|have\s+been|'ve\s+been)\s+(?:given|told|provided|fed|shown|configured)\b",
+            always,
+        ),
+        rule(
+            &format!(
+                r"\b{DISCLOSE_VERBS}\b(?:\s+[\w'-]+){{0,3}}?\s+the\s+(?:hidden|secret|system|confidential|underlying|hard-coded|hardcoded|pre-programmed|preprogrammed)\s+(?:[\w-]+\s+)?(?:instructions|rules|guidelines|directives|programming|configuration)\b"
+            ),
+            always,
+        ),
+        // Instruction-override blocks and fake turns.
+        rule(
+            r"\bregardless\s+of\s+(?:any\s+of\s+|all\s+(?:of\s+)?)?(?:your|the|its)\s+(?:previous|prior|original|initial|system|existing|safety|ethical|content)\s+(?:instructions|rules|guidelines|programming|restrictions|directives|policies|training|filters)\b|\bend\s+of\s+(?:the\s+)?(?:user\s+)?(?:input|prompt)\b|\bsystem\s*:\s*(?:the\s+user\s+is|you\s+(?:are|must|may|will|should|can)|grant|ignore|disregard|override|new\s+instructions)\b|\bassistant\s*:\s*(?:sure|of\s+course|certainly|absolutely)\b",
+            always,
+        ),
+        rule(
+            r"\byour\s+new\s+(?:directive|directives|mission|goal)\b|\byour\s+(?:real|true|actual)\s+(?:task|goal|purpose|mission|objective|instructions?)\s+(?:is|are)\b|\b(?:ai|assistant|bot|chatbot|llm|model|agent)\s+reading\s+this\b|\bnote\s+to\s+(?:the\s+)?(?:ai|bot|assistant|llm|model|agent)\b|\byou\s+(?:now\s+)?(?:allow|permit)\s+(?:all|any)\s+(?:content|requests|topics)\b",
+            always,
+        ),
+        rule(
+            r"\b(?:safety|content|ethics?|ethical|moral)\s+(?:protocols?|filters?|guidelines|restrictions|rules|measures|guardrails|policies)\s*(?::|are|is|have\s+been|has\s+been)?\s*(?:now\s+)?(?:disabled|deactivated|removed|lifted|suspended|bypassed|turned\s+off|off|false)\b",
+            always,
+        ),
+        rule(
+            r"\b(?:decode|decipher|decrypt|translate|convert|read)\b[^.!?]{0,60}?\b(?:and|then)\s+(?:then\s+)?(?:follow|execute|obey|act\s+on|carry\s+out|do\s+(?:exactly\s+)?(?:what|as)\s+it\s+says)\b",
+            always,
+        ),
+        // Persona switches.
+        rule(
+            r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:going|about)\s+to\s+(?:pretend|act|roleplay|role-play|play|simulate|immerse|become|impersonate|portray|embody)\b|\bimmerse\s+yourself\b|\binto\s+the\s+role\s+of\b|\byou\s+(?:will|must|shall|are\s+going\s+to|to)\s+(?:now\s+)?(?:pose|masquerade|pretend)\s+(?:as|to\s+be)\b|\bbroken\s+free\s+(?:of|from)\b|\bconfines\s+of\s+(?:ai|chatgpt|openai|the\s+ai|your\s+programming)\b",
+            always,
+        ),
+        rule(
+            r"\bopenai'?s?\s+(?:content\s+)?(?:polic(?:y|ies)|guidelines|rules|restrictions|filters)\b|\bwithout\s+(?:any\s+)?(?:moral|ethical)\s+(?:principles|guidelines|restrictions|limits|boundaries|considerations|constraints|compass)\b|\b(?:fictional|hypothetical|imaginary)\s+(?:ai|language\s+model|chatbot|llm)s?\b|\btwo\s+(?:different\s+|separate\s+|distinct\s+)?personalit(?:y|ies)\b|\b(?:answer|respond\s+to|reply\s+to)\s+(?:every|each|all|my)\s+(?:question|prompt|message|request)s?\s+(?:posed\s+)?(?:in|with)\s+two\b",
+            always,
+        ),
+        rule(
+            r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:an?\s+)?(?:no[\s-]limits?|limitless|unlimited|boundless|amoral|immoral|unethical|unhinged)\s+(?:ai|assistant|model|bot|chatbot|language\s+model|llm|version|entity)\b|\bact\s+(?:as|like)\s+(?:an?\s+)?(?:[\w-]+\s+){0,3}?(?:ai|language\s+model|llm|chat\s?bot)\b",
+            always,
+        ),
+        rule(
+            r"\b(?:not|never|no\s+longer)\s+(?:be\s+)?bound\s+by\s+(?:any\s+)?(?:rules|restrictions|guidelines|ethics|morals|policies|limitations|filters|openai)\b|\b(?:do|does)\s*(?:n't|\s+not)\s+(?:have|need)\s+to\s+(?:abide\s+by|obey|adhere\s+to|follow|comply\s+with|align\s+with)\s+(?:any\s+|the\s+|your\s+)?(?:rules|guidelines|polic|restrictions|content|ethic|moral|programming|human\s+morals)|\bnever\s+(?:deny|refuse|decline|reject)\s+(?:any|a)\s+(?:human\s+|user\s+)?(?:request|question|command|order|prompt)|\byou\s+(?:now\s+)?(?:have|has)\s+no\s+(?:restrictions|limits|limitations|rules|morals|ethics|constraints)\b|\bamoral\b",
+            accept_ai_context,
+        ),
+        rule(
+            r"\b(?:enable|activate|enter|switch\s+to|turn\s+on|unlock|initiate|engage)\s+(?:the\s+)?(?:[\w/-]+\s+){0,3}?(?:dev|developer|debug|debugging|god|admin|administrator|root|maintenance|diagnostic|jailbreak|jailbroken|unrestricted|unfiltered|uncensored|unlocked|benchmarking|evil|sudo|superuser|opposite|chaos|unhinged)\s+mode\b|\b(?:dev|developer|debug|god|admin|root|maintenance|diagnostic|system)\s+(?:[\w-]+\s+)?mode\s*(?:[:\]]|-\s|enabled|activated|engaged|on\b)",
+            accept_mode_switch,
         ),
     ]
 });
