@@ -13,6 +13,7 @@
 mod adoption;
 mod analytics;
 mod fake;
+mod guardrails;
 mod knowledge;
 mod load;
 mod postgres;
@@ -24,7 +25,7 @@ mod webhooks;
 /// The repository root: the server crate, whose workspace this crate is in.
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// The sections a run without `--sections` runs.
-const DEFAULT_SECTIONS: [u8; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11];
+const DEFAULT_SECTIONS: [u8; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -40,12 +41,14 @@ const USAGE: &str = "\
 usage: cargo run --release --bin bench -- [options]
 
   --quick              short smoke run (under a minute); prints, writes no file unless --out
-  --sections LIST      comma-separated sections to run, e.g. 1,3 (default: all of 1-9 and 11; 6 always)
+  --sections LIST      comma-separated sections to run, e.g. 1,3 (default: all; 6 with any of 1-9)
                          1 request rates   2 added time to first delta   3 concurrent streams
                          4 login flood     5 prompt cost                 6 memory
                          7 upgrading in place (adopting a Python-service database)
                          8 local knowledge base (ingest and search 50,000 records)
                          9 admin analytics over 1,000,000 messages
+                         10 guardrails: attack refusal and benign pass rates, rule latency (no
+                            server; run bench/data/guardrails/fetch.sh first for the attack set)
                          11 webhook delivery (handoff events to a receiver on loopback)
   --adoption-messages N  messages in section 7's generated database (default 100000)
   --kb-records N       serve with RETRIEVAL_BACKEND=local on a knowledge base of N generated
@@ -111,15 +114,12 @@ fn parse_args() -> Result<Options, String> {
                 let list = value("--sections")?;
                 options.sections = list
                     .split(',')
-                    .map(|s| {
-                        s.trim()
-                            .parse::<u8>()
-                            .ok()
-                            .filter(|n| (1..=9).contains(n) || *n == 11)
-                    })
+                    .map(|s| s.trim().parse::<u8>().ok().filter(|n| (1..=11).contains(n)))
                     .collect::<Option<_>>()
                     .ok_or(format!("--sections: bad list {list:?}"))?;
-                options.sections.insert(6);
+                if options.sections.iter().any(|n| *n < 10) {
+                    options.sections.insert(6);
+                }
             }
             "--streams" => {
                 let list = value("--streams")?;
@@ -222,6 +222,24 @@ async fn run(options: Options) -> Result<(), String> {
         );
     }
     let started = Instant::now();
+    if options.sections.iter().all(|n| *n >= 10) {
+        // Sections 10 and 11 need no server.
+        let list: Vec<String> = options.sections.iter().map(u8::to_string).collect();
+        let mut results = Results {
+            quick: options.quick,
+            command: format!(
+                "cargo run --release --bin bench -- --sections {}",
+                list.join(",")
+            ),
+            ..Results::default()
+        };
+        let dir = std::env::temp_dir().join(format!("eloquent-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|err| format!("temp dir: {err}"))?;
+        serverless_sections(&options, &dir, &mut results).await?;
+        results.elapsed = started.elapsed();
+        let _ = std::fs::remove_dir_all(&dir);
+        return write_report(&options, &results);
+    }
     let binary = server::server_binary()?;
     let stale = server::stale_sources(&binary);
     if !stale.is_empty() {
@@ -496,9 +514,26 @@ async fn run(options: Options) -> Result<(), String> {
         }
         results.analytics = runs;
     }
+    serverless_sections(&options, &dir, &mut results).await?;
+    results.elapsed = started.elapsed();
+    write_report(&options, &results)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Sections 10 and 11, which start no server.
+async fn serverless_sections(
+    options: &Options,
+    dir: &std::path::Path,
+    results: &mut Results,
+) -> Result<(), String> {
+    if options.sections.contains(&10) {
+        println!("section 10: guardrails");
+        results.guardrails = Some(guardrails::run()?);
+    }
     if options.sections.contains(&11) {
         println!("section 11: webhook delivery");
-        let runs = webhooks::run(&dir, options.postgres.as_deref()).await?;
+        let runs = webhooks::run(dir, options.postgres.as_deref()).await?;
         for run in &runs {
             println!(
                 "  {}: one at a time p50 {} µs, p99 {} µs; burst p50 {} µs, p99 {} µs in {:?}; retry wait {}–{} µs",
@@ -514,8 +549,12 @@ async fn run(options: Options) -> Result<(), String> {
         }
         results.webhooks = runs;
     }
-    results.elapsed = started.elapsed();
-    let markdown = report::render(&results);
+    Ok(())
+}
+
+/// Prints the markdown and writes it where `--out` (or a full run) says.
+fn write_report(options: &Options, results: &Results) -> Result<(), String> {
+    let markdown = report::render(results);
     println!("\n{markdown}");
     let all_sections = options
         .sections
@@ -533,7 +572,6 @@ async fn run(options: Options) -> Result<(), String> {
             .map_err(|err| format!("write {}: {err}", path.display()))?;
         println!("wrote {}", path.display());
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

