@@ -294,3 +294,32 @@ fn latency(texts: &[&str]) -> Result<(Histogram<u64>, usize), String> {
     }
     Ok((histogram, messages.len()))
 }
+
+/// One text of the evaluation set, as `--judge-url` runs it.
+pub struct Text {
+    pub category: String,
+    pub attack: bool,
+    pub held_out: bool,
+    pub text: String,
+}
+
+/// Every text of the evaluation set (our benign questions, and the attack
+/// file when fetched), with its category and split.
+pub fn texts() -> Result<Vec<Text>, String> {
+    let benign =
+        benign_questions(&Path::new(crate::ROOT).join("bench/data/guardrails/benign.txt"))?;
+    let attacks = attack_rows(&cache_dir().join("guardrails/attacks.jsonl"))?.unwrap_or_default();
+    let ours = benign.into_iter().map(|(category, text)| Text {
+        category: format!("benign: {category}"),
+        attack: false,
+        held_out: held_out(&text),
+        text,
+    });
+    let published = attacks.into_iter().map(|row| Text {
+        attack: row.category != "benign_public",
+        held_out: held_out(&row.text),
+        category: row.category,
+        text: row.text,
+    });
+    Ok(ours.chain(published).collect())
+}

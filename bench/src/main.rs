@@ -14,6 +14,7 @@ mod adoption;
 mod analytics;
 mod fake;
 mod guardrails;
+mod judged;
 mod knowledge;
 mod load;
 mod postgres;
@@ -59,6 +60,8 @@ usage: cargo run --release --bin bench -- [options]
                          create databases (the bench creates and drops its own)
   --streams LIST       stream counts for section 3 at 100 ms/token (default 5000,10000)
   --tokens N           tokens per answer in section 3 (default 100)
+  --judge-url URL      section 10 also sends what the rules let through to the judge at this
+                         OpenAI-compatible base URL (e.g. bench/judge/run.sh's stand-in)
   --judge-delay-ms N   turn the guardrail judge on (GUARDRAIL_JUDGE=model, on the fake
                          upstream), which answers benign after N ms
   --env NAME=VALUE     extra server environment (repeatable), e.g. --env DB_POOL_SIZE=4
@@ -79,6 +82,8 @@ struct Options {
     server_env: Vec<(String, String)>,
     /// `--judge-delay-ms`: the guardrail judge on, answered by the fake after this.
     judge_delay: Option<std::time::Duration>,
+    /// `--judge-url`: section 10 also runs the rules, then this judge.
+    judge_url: Option<String>,
     upstream_h2: bool,
     adoption_messages: i64,
     analytics_messages: i64,
@@ -96,6 +101,7 @@ fn parse_args() -> Result<Options, String> {
         tokens: 100,
         server_env: Vec::new(),
         judge_delay: None,
+        judge_url: None,
         upstream_h2: true,
         adoption_messages: 100_000,
         analytics_messages: 1_000_000,
@@ -174,6 +180,7 @@ fn parse_args() -> Result<Options, String> {
                     .ok_or("--analytics-messages: expected a number of at least 10")?;
             }
             "--postgres" => options.postgres = Some(value("--postgres")?),
+            "--judge-url" => options.judge_url = Some(value("--judge-url")?),
             "--kb-records" => {
                 options.kb_records = value("--kb-records")?
                     .parse()
@@ -530,6 +537,12 @@ async fn serverless_sections(
     if options.sections.contains(&10) {
         println!("section 10: guardrails");
         results.guardrails = Some(guardrails::run()?);
+        if let Some(url) = &options.judge_url {
+            println!("section 10: rules, then the judge at {url}");
+            let run = judged::run(url, guardrails::texts()?).await?;
+            print!("{}", judged::render(&run));
+            results.judged = Some(run);
+        }
     }
     if options.sections.contains(&11) {
         println!("section 11: webhook delivery");

@@ -40,6 +40,7 @@ pub struct Results {
     pub knowledge: Option<crate::knowledge::KnowledgeRun>,
     pub analytics: Vec<crate::analytics::AnalyticsRun>,
     pub webhooks: Vec<crate::webhooks::WebhookRun>,
+    pub judged: Option<crate::judged::JudgedRun>,
     pub guardrails: Option<crate::guardrails::GuardrailsRun>,
     pub notes: Vec<String>,
 }
@@ -501,6 +502,9 @@ Two warm-up calls, then 20 timed calls per period, top 10 questions.\n\n\
     }
     if let Some(run) = &results.guardrails {
         guardrails(w, run);
+    }
+    if let Some(run) = &results.judged {
+        let _ = write!(w, "{}", crate::judged::render(run));
     }
     if !results.webhooks.is_empty() {
         let _ = write!(w, "{}", crate::webhooks::render(&results.webhooks));
