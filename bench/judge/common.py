@@ -106,10 +106,7 @@ class Example:
 
 
 def default_benign() -> Path:
-    local = REPO / "bench/data/guardrails/benign.txt"
-    if local.exists():
-        return local
-    return Path("/work/wt17/bench/data/guardrails/benign.txt")
+    return REPO / "bench/data/guardrails/benign.txt"
 
 
 def load(eval_dir: Path, benign: Path) -> list[Example]:

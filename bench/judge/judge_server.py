@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)
     parser.add_argument("--eval-dir", type=Path, default=common.DEFAULT_EVAL_DIR, help="default ~/.cache/eloquent-eval")
-    parser.add_argument("--benign", type=Path, default=common.default_benign(), help="benign.txt (default: this repo's, else /work/wt17's)")
+    parser.add_argument("--benign", type=Path, default=common.default_benign(), help="benign.txt (default: this repo's)")
     parser.add_argument("--model", type=Path, default=common.DEFAULT_MODEL, help="saved model (default ~/.cache/eloquent-judge/model.joblib)")
     parser.add_argument("--retrain", action="store_true", help="train even if the saved model matches")
     parser.add_argument("--api-key", default=None, help="require this bearer key (default: accept any)")
