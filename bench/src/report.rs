@@ -571,12 +571,16 @@ the rules were tuned looking at the tuning split's misses only. The attack promp
     let _ = writeln!(
         w,
         "\nLatency: `check` (credentials, PII redaction and the injection rules) on {} messages of {LATENCY_CHARS} characters \
-(the texts above joined from different starting points), each timed 20 times after a warm-up: p50 {:.1} µs, p99 {:.1} µs, \
-max {:.1} µs (budget: p99 < {BUDGET_P99_MICROS} µs).",
+(the texts above joined from different starting points), each timed 20 times after a warm-up. Every call: p50 {:.1} µs, p99 {:.1} µs, \
+max {:.1} µs. Each message's fastest call (its cost without the scheduler's interruptions on this shared machine): p50 {:.1} µs, \
+p99 {:.1} µs, max {:.1} µs. Budget: p99 < {BUDGET_P99_MICROS} µs.",
         run.latency_messages,
         run.p(0.5),
         run.p(0.99),
         run.latency.max() as f64 / 1000.0,
+        run.p_best(0.5),
+        run.p_best(0.99),
+        run.latency_best.max() as f64 / 1000.0,
     );
 }
 
@@ -814,7 +818,13 @@ fn budget(results: &Results) -> Vec<Line> {
                 crate::guardrails::BUDGET_P99_MICROS,
                 crate::guardrails::LATENCY_CHARS
             ),
-            format!("p50 {:.1} µs, p99 {:.1} µs", run.p(0.5), run.p(0.99)),
+            format!(
+                "every call: p50 {:.1} µs, p99 {:.1} µs; each message's fastest: p50 {:.1} µs, p99 {:.1} µs",
+                run.p(0.5),
+                run.p(0.99),
+                run.p_best(0.5),
+                run.p_best(0.99)
+            ),
             Some(run.p(0.99) < crate::guardrails::BUDGET_P99_MICROS),
         ));
         let benign_refused: usize = run

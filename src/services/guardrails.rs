@@ -92,6 +92,22 @@ fn re(pattern: &str) -> Regex {
     Regex::new(&pattern.replace(r"\b", r"(?-u:\b)")).expect("valid regex")
 }
 
+/// For the regexes run on `normalize`d text, which is ASCII: ASCII classes
+/// match the same there, and keep the automata small (a Unicode `\w` is
+/// hundreds of ranges), so the engine's cache holds their states from one
+/// message to the next. `cache_mib`: the lazy DFA's cache for large unions.
+fn ascii_re(pattern: &str, cache_mib: usize) -> Regex {
+    let pattern = pattern
+        .replace(r"\b", r"(?-u:\b)")
+        .replace(r"\w", "[0-9A-Za-z_]")
+        .replace(r"\s", "[ \t\n]")
+        .replace(r"\d", "[0-9]");
+    regex::RegexBuilder::new(&pattern)
+        .dfa_size_limit(cache_mib << 20)
+        .build()
+        .expect("valid regex")
+}
+
 // Every detector runs on the original text and claims byte ranges; a range is
 // only claimed if it does not overlap an earlier claim. Detectors run in
 // priority order (secrets, IBAN, cards, emails, phones), so e.g. a card number
@@ -593,6 +609,11 @@ fn normalize(text: &str) -> (String, bool) {
                 '_' => ' ',
                 c => c.to_ascii_lowercase(),
             }
+        } else if ('\u{2190}'..='\u{2BFF}').contains(&c) || ('\u{1F000}'..='\u{1FAFF}').contains(&c)
+        {
+            // Arrows, box drawing, shapes, symbols, emoji: banners of them
+            // are common in long jailbreaks, and none is a letter.
+            ' '
         } else if is_invisible(c) {
             invisible = true;
             continue;
@@ -718,9 +739,10 @@ fn is_prompt_injection(text: &str) -> bool {
 }
 
 fn rules_match(n: &str) -> bool {
-    INJECTION_RULES
-        .iter()
-        .any(|rule| rule.re.captures_iter(n).any(|c| (rule.accept)(n, &c)))
+    ALWAYS_RE.is_match(n)
+        || INJECTION_RULES
+            .iter()
+            .any(|rule| rule.re.captures_iter(n).any(|c| (rule.accept)(n, &c)))
 }
 
 const MAX_DECODED_LEN: usize = 1_000;
@@ -870,13 +892,9 @@ struct Rule {
 
 fn rule(pattern: &str, accept: fn(&str, &Captures) -> bool) -> Rule {
     Rule {
-        re: re(pattern),
+        re: ascii_re(pattern, 2),
         accept,
     }
-}
-
-fn always(_: &str, _: &Captures) -> bool {
-    true
 }
 
 fn words(s: &str) -> impl Iterator<Item = &str> {
@@ -1120,8 +1138,9 @@ fn accept_ai_context(n: &str, c: &Captures) -> bool {
 }
 
 static AI_WORDS_RE: LazyLock<Regex> = LazyLock::new(|| {
-    re(
+    ascii_re(
         r"\b(?:ai|a\.i|artificial\s+intelligence|chat\s?gpt|gpt[\w.-]*|llm|language\s+model|chat\s?bot|bot|openai|persona|jailbreak|jailbroken|dan|assistant|model)\b",
+        2,
     )
 });
 
@@ -1154,8 +1173,9 @@ fn ceil_boundary(s: &str, mut i: usize) -> usize {
 }
 
 static DEVICE_RE: LazyLock<Regex> = LazyLock::new(|| {
-    re(
+    ascii_re(
         r"\b(?:phones?|iphones?|android|ios|ipads?|tablets?|devices?|smartphones?|mobiles?|usb|adb|rooted|handsets?|samsung|pixel|huawei|xiaomi|laptop|windows|macos|mac|browser|chrome)\b",
+        2,
     )
 });
 
@@ -1194,129 +1214,20 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             accept_rules_disclosure,
         ),
         rule(
-            r"\b(?:instructions|rules|prompt|directives|guidelines|programming)\s+(?:that\s+|which\s+)?(?:you\s+(?:were|have\s+been|'ve\s+been)\s+(?:given|told|programmed|trained|configured)|were\s+you\s+(?:given|told|programmed|trained)|have\s+you\s+been\s+(?:given|told|programmed))\b",
-            always,
-        ),
-        rule(
-            r"\bwhat\s+(?:were|have)\s+you\s+(?:been\s+)?(?:told|instructed|programmed|prompted)\s+(?:to|not\s+to|by|before|initially|originally)\b|\bhow\s+(?:were|are|have)\s+you\s+(?:been\s+)?(?:programmed|prompted|instructed)\b",
-            always,
-        ),
-        rule(
-            r"\b(?:repeat|print|output|reveal|display|recite|echo|show|copy)\s+(?:back\s+)?(?:me\s+)?(?:all|everything|(?:all\s+)?the\s+(?:text|words|lines|content|instructions|prompt))\s+(?:above|before\s+this|preceding|prior\s+to\s+this)\b",
-            always,
-        ),
-        rule(
-            r"\byou(?:'re|\s+are)\s+(?:now\s+|actually\s+|really\s+)?(?:called\s+|named\s+)?(?:chat\s?gpt|gpt[\s-]?\d[\w.]*|dan|bard|claude|gemini|llama|grok|copilot|bing\s+chat|sydney|an?\s+(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|unbound|unlimited|amoral|unethical)\s+(?:ai|assistant|model|bot|chatbot|language\s+model|llm|version))\b",
-            always,
-        ),
-        rule(
             r"\byou(?:'re|\s+are)\s+now\s+([\w'-]+(?:\s+[\w'-]+){0,4})",
             accept_you_are_now,
         ),
         rule(
-            r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:no\s+longer\s+(?:bound|restricted|limited|constrained|censored|an?\s+(?:ai|assistant|bot|chatbot|language\s+model)|required\s+to\s+follow)|free\s+from|not\s+bound\s+by|unbound\s+by|released\s+from|freed\s+from|exempt\s+from)\b",
-            always,
-        ),
-        rule(
-            r"\bpretend\s+(?:that\s+)?you(?:'re|\s+are|\s+were|\s+have|\s+can|\s+don't|\s+do\s+not|\s+work|\s+own|\s+control)\b",
-            always,
-        ),
-        // "pretend to be" only as an order to the assistant, not "someone could
-        // pretend to be my bank".
-        rule(
-            r"(?:^|[.!?;:]\s*|\b(?:please|you\s+(?:will|must|should|shall|can|could|to|need\s+to|have\s+to)|can\s+you|could\s+you|would\s+you|will\s+you|want\s+you\s+to|need\s+you\s+to|like\s+you\s+to|let'?s|lets)\s+)pretend\s+to\s+(?:be|have)\b",
-            always,
-        ),
-        rule(
-            r"\brole[\s-]?play(?:ing)?\s+(?:as|like)\b|\blet'?s\s+role[\s-]?play\b|\bplay\s+a\s+game\s+(?:where|in\s+which)\s+you\b|\b(?:adopt|assume|take\s+on|switch\s+to)\s+(?:a|the|this|another|new)\s+(?:new\s+)?persona\b",
-            always,
-        ),
-        rule(
             r"\b(you\s+(?:will\s+|must\s+|should\s+|are\s+going\s+to\s+|to\s+|can\s+|now\s+)?)?(?:play|assume|adopt|take\s+on)\s+(the\s+)?(role|persona|character|identity)\s+of\b",
             accept_play_role,
-        ),
-        // "act as" only with an AI/persona target: "act as a co-signer" is fine.
-        rule(
-            r"\bact\s+(?:as|like)\s+(?:if\s+you\s+(?:are|were|have|had)\s+(?:no\s+(?:rules|restrictions|limits|filters|guidelines|guardrails)|not\s+an?\s+ai|an?\s+(?:unrestricted|unfiltered|uncensored|jailbroken|evil))|(?:an?\s+)?(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue)\s+(?:ai|assistant|model|bot|chatbot|version)|(?:chat\s?gpt|dan|gpt[\s-]?\d)\b|(?:an?\s+|my\s+)?(?:linux\s+)?(?:terminal|shell|python\s+interpreter|sql\s+(?:console|terminal))\b|(?:an?\s+)?(?:different|new|another)\s+(?:ai|assistant|model|bot|chatbot|persona|character)\b)",
-            always,
-        ),
-        rule(
-            r"\bfrom\s+now\s+on,?\s+(?:you(?:'re|\s+are|\s+will\s+(?:act|pretend|roleplay|role-play|respond\s+as|answer\s+as|behave\s+as|be\s+(?:an?|called|named|known)|ignore|no\s+longer))|act\s+as|pretend|respond\s+as|ignore)\b",
-            always,
-        ),
-        rule(
-            r"\byour\s+new\s+(?:instructions|rules|role|persona|identity|name|task|directive|prompt|objective|purpose)\s+(?:is|are)\b|\bnew\s+(?:system\s+)?instructions\s*:|\bsystem\s+override\b|\b(?:override|overwrite|replace|reset|change)\s+(?:your\s+(?:core\s+|base\s+)?(?:instructions|programming|directives|persona|identity|system\s+prompt)|the\s+system\s+prompt)\b",
-            always,
-        ),
-        rule(
-            r"<\|(?:im_start|im_end|system|endoftext|begin_of_text|start_header_id|end_header_id)\|>|\[/?inst\]|<<\s*/?sys\s*>>|\[\s*system\s*(?:message|prompt)?\s*\]",
-            always,
-        ),
-        rule(
-            r"\b(?:answer|respond|reply)\b(?:\s+[\w'-]+){0,4}?\s+without\s+(?:any\s+)?(?:restrictions|filters|filtering|censorship|rules|guidelines|guardrails|limitations|ethical|moral|safety)\b|\byou\s+(?:now\s+)?(?:have|has|had)\s+no\s+(?:filters|guidelines|guardrails|censorship|ethical|moral|boundaries|programming)\b",
-            always,
         ),
         rule(
             r"\bjail[\s-]?(?:break|broken)(?:s|ing|ed)?\b|\b(?:developer|dev)\s+mode\b",
             accept_not_device,
         ),
         rule(
-            r"\b(?:dan|god|unrestricted|unfiltered|uncensored|evil|sudo|chaos|anarchy|stan|opposite)\s+mode\b",
-            always,
-        ),
-        rule(
             r"\b(you\s+(?:can|will|must|could|are\s+(?:able|free|allowed|going)\s+to)\s+)?(now\s+)?(do\s+anything)(\s+now)?\b",
             accept_do_anything_now,
-        ),
-        // Forcing how the answer starts, or continuing a quoted fragment of
-        // the instructions.
-        rule(
-            r#"\b(?:start|begin)\s+(?:your|the|each|every)\s+(?:answer|response|reply|output|message)s?\s+with\s+["']|\b(?:start|begin)(?:ning|ing)?\s+with\s+(?:the\s+(?:phrase|words?|sentence|line)\s+)?["']?you\s+are\b|\b(?:complete|continue|finish)\b[^"']{0,40}["'][^"']{0,60}\b(?:instruct\w*|prompt|system|programmed|rules|initiali[sz]ation)\b"#,
-            always,
-        ),
-        rule(
-            r"\b(?:systemprompt|sysprompt|system\s+prompt\s*[)\]}>]|initiali[sz]ation\s+(?:string|text|prompt|message|above|instructions))|<\s*/?\s*(?:system(?:\s+(?:prompt|message|instructions?))?|sys)\s*>",
-            always,
-        ),
-        rule(
-            r"\b(?:repeat|print|output|reveal|display|recite|echo|show|copy|rewrite|translate|list)\s+(?:back\s+)?(?:me\s+)?(?:all\s+)?the\s+(?:above|preceding|initial)\s+(?:text|words|lines|content|instructions|prompt)\b|\b(?:written|said|typed|stated|given)\s+(?:to\s+you\s+)?(?:above|before)\s+(?:this|our|the)\s+(?:conversation|chat|dialog(?:ue)?)\b|\b(?:text|words|message|content|context|configuration)\s+(?:that\s+)?you\s+(?:were|have\s+been|'ve\s+been)\s+(?:given|told|provided|fed|shown|configured)\b",
-            always,
-        ),
-        rule(
-            &format!(
-                r"\b{DISCLOSE_VERBS}\b(?:\s+[\w'-]+){{0,3}}?\s+the\s+(?:hidden|secret|system|confidential|underlying|hard-coded|hardcoded|pre-programmed|preprogrammed)\s+(?:[\w-]+\s+)?(?:instructions|rules|guidelines|directives|programming|configuration)\b"
-            ),
-            always,
-        ),
-        // Instruction-override blocks and fake turns.
-        rule(
-            r"\bregardless\s+of\s+(?:any\s+of\s+|all\s+(?:of\s+)?)?(?:your|the|its)\s+(?:previous|prior|original|initial|system|existing|safety|ethical|content)\s+(?:instructions|rules|guidelines|programming|restrictions|directives|policies|training|filters)\b|\bend\s+of\s+(?:the\s+)?(?:user\s+)?(?:input|prompt)\b|\bsystem\s*:\s*(?:the\s+user\s+is|you\s+(?:are|must|may|will|should|can)|grant|ignore|disregard|override|new\s+instructions)\b|\bassistant\s*:\s*(?:sure|of\s+course|certainly|absolutely)\b",
-            always,
-        ),
-        rule(
-            r"\byour\s+new\s+(?:directive|directives|mission|goal)\b|\byour\s+(?:real|true|actual)\s+(?:task|goal|purpose|mission|objective|instructions?)\s+(?:is|are)\b|\b(?:ai|assistant|bot|chatbot|llm|model|agent)\s+reading\s+this\b|\bnote\s+to\s+(?:the\s+)?(?:ai|bot|assistant|llm|model|agent)\b|\byou\s+(?:now\s+)?(?:allow|permit)\s+(?:all|any)\s+(?:content|requests|topics)\b",
-            always,
-        ),
-        rule(
-            r"\b(?:safety|content|ethics?|ethical|moral)\s+(?:protocols?|filters?|guidelines|restrictions|rules|measures|guardrails|policies)\s*(?::|are|is|have\s+been|has\s+been)?\s*(?:now\s+)?(?:disabled|deactivated|removed|lifted|suspended|bypassed|turned\s+off|off|false)\b",
-            always,
-        ),
-        rule(
-            r"\b(?:decode|decipher|decrypt|translate|convert|read)\b[^.!?]{0,60}?\b(?:and|then)\s+(?:then\s+)?(?:follow|execute|obey|act\s+on|carry\s+out|do\s+(?:exactly\s+)?(?:what|as)\s+it\s+says)\b",
-            always,
-        ),
-        // Persona switches.
-        rule(
-            r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:going|about)\s+to\s+(?:pretend|act|roleplay|role-play|play|simulate|immerse|become|impersonate|portray|embody)\b|\bimmerse\s+yourself\b|\binto\s+the\s+role\s+of\b|\byou\s+(?:will|must|shall|are\s+going\s+to|to)\s+(?:now\s+)?(?:pose|masquerade|pretend)\s+(?:as|to\s+be)\b|\bbroken\s+free\s+(?:of|from)\b|\bconfines\s+of\s+(?:ai|chatgpt|openai|the\s+ai|your\s+programming)\b",
-            always,
-        ),
-        rule(
-            r"\bopenai'?s?\s+(?:content\s+)?(?:polic(?:y|ies)|guidelines|rules|restrictions|filters)\b|\bwithout\s+(?:any\s+)?(?:moral|ethical)\s+(?:principles|guidelines|restrictions|limits|boundaries|considerations|constraints|compass)\b|\b(?:fictional|hypothetical|imaginary)\s+(?:ai|language\s+model|chatbot|llm)s?\b|\btwo\s+(?:different\s+|separate\s+|distinct\s+)?personalit(?:y|ies)\b|\b(?:answer|respond\s+to|reply\s+to)\s+(?:every|each|all|my)\s+(?:question|prompt|message|request)s?\s+(?:posed\s+)?(?:in|with)\s+two\b",
-            always,
-        ),
-        rule(
-            r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:an?\s+)?(?:no[\s-]limits?|limitless|unlimited|boundless|amoral|immoral|unethical|unhinged)\s+(?:ai|assistant|model|bot|chatbot|language\s+model|llm|version|entity)\b|\bact\s+(?:as|like)\s+(?:an?\s+)?(?:[\w-]+\s+){0,3}?(?:ai|language\s+model|llm|chat\s?bot)\b",
-            always,
         ),
         rule(
             r"\b(?:not|never|no\s+longer)\s+(?:be\s+)?bound\s+by\s+(?:any\s+)?(?:rules|restrictions|guidelines|ethics|morals|policies|limitations|filters|openai)\b|\b(?:do|does)\s*(?:n't|\s+not)\s+(?:have|need)\s+to\s+(?:abide\s+by|obey|adhere\s+to|follow|comply\s+with|align\s+with)\s+(?:any\s+|the\s+|your\s+)?(?:rules|guidelines|polic|restrictions|content|ethic|moral|programming|human\s+morals)|\bnever\s+(?:deny|refuse|decline|reject)\s+(?:any|a)\s+(?:human\s+|user\s+)?(?:request|question|command|order|prompt)|\byou\s+(?:now\s+)?(?:have|has)\s+no\s+(?:restrictions|limits|limitations|rules|morals|ethics|constraints)\b|\bamoral\b",
@@ -1327,6 +1238,56 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             accept_mode_switch,
         ),
     ]
+});
+
+// Rules that need no second look at their match, as one regex: one pass over
+// the text instead of one a rule.
+static ALWAYS_RE: LazyLock<Regex> = LazyLock::new(|| {
+    let patterns: Vec<String> = vec![
+        r"\b(?:instructions|rules|prompt|directives|guidelines|programming)\s+(?:that\s+|which\s+)?(?:you\s+(?:were|have\s+been|'ve\s+been)\s+(?:given|told|programmed|trained|configured)|were\s+you\s+(?:given|told|programmed|trained)|have\s+you\s+been\s+(?:given|told|programmed))\b".to_string(),
+        r"\bwhat\s+(?:were|have)\s+you\s+(?:been\s+)?(?:told|instructed|programmed|prompted)\s+(?:to|not\s+to|by|before|initially|originally)\b|\bhow\s+(?:were|are|have)\s+you\s+(?:been\s+)?(?:programmed|prompted|instructed)\b".to_string(),
+        r"\b(?:repeat|print|output|reveal|display|recite|echo|show|copy)\s+(?:back\s+)?(?:me\s+)?(?:all|everything|(?:all\s+)?the\s+(?:text|words|lines|content|instructions|prompt))\s+(?:above|before\s+this|preceding|prior\s+to\s+this)\b".to_string(),
+        r"\byou(?:'re|\s+are)\s+(?:now\s+|actually\s+|really\s+)?(?:called\s+|named\s+)?(?:chat\s?gpt|gpt[\s-]?\d[\w.]*|dan|bard|claude|gemini|llama|grok|copilot|bing\s+chat|sydney|an?\s+(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|unbound|unlimited|amoral|unethical)\s+(?:ai|assistant|model|bot|chatbot|language\s+model|llm|version))\b".to_string(),
+        r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:no\s+longer\s+(?:bound|restricted|limited|constrained|censored|an?\s+(?:ai|assistant|bot|chatbot|language\s+model)|required\s+to\s+follow)|free\s+from|not\s+bound\s+by|unbound\s+by|released\s+from|freed\s+from|exempt\s+from)\b".to_string(),
+        r"\bpretend\s+(?:that\s+)?you(?:'re|\s+are|\s+were|\s+have|\s+can|\s+don't|\s+do\s+not|\s+work|\s+own|\s+control)\b".to_string(),
+
+        // "pretend to be" only as an order to the assistant, not "someone could
+        // pretend to be my bank".
+        r"(?:^|[.!?;:]\s*|\b(?:please|you\s+(?:will|must|should|shall|can|could|to|need\s+to|have\s+to)|can\s+you|could\s+you|would\s+you|will\s+you|want\s+you\s+to|need\s+you\s+to|like\s+you\s+to|let'?s|lets)\s+)pretend\s+to\s+(?:be|have)\b".to_string(),
+        r"\brole[\s-]?play(?:ing)?\s+(?:as|like)\b|\blet'?s\s+role[\s-]?play\b|\bplay\s+a\s+game\s+(?:where|in\s+which)\s+you\b|\b(?:adopt|assume|take\s+on|switch\s+to)\s+(?:a|the|this|another|new)\s+(?:new\s+)?persona\b".to_string(),
+
+        // "act as" only with an AI/persona target: "act as a co-signer" is fine.
+        r"\bact\s+(?:as|like)\s+(?:if\s+you\s+(?:are|were|have|had)\s+(?:no\s+(?:rules|restrictions|limits|filters|guidelines|guardrails)|not\s+an?\s+ai|an?\s+(?:unrestricted|unfiltered|uncensored|jailbroken|evil))|(?:an?\s+)?(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue)\s+(?:ai|assistant|model|bot|chatbot|version)|(?:chat\s?gpt|dan|gpt[\s-]?\d)\b|(?:an?\s+|my\s+)?(?:linux\s+)?(?:terminal|shell|python\s+interpreter|sql\s+(?:console|terminal))\b|(?:an?\s+)?(?:different|new|another)\s+(?:ai|assistant|model|bot|chatbot|persona|character)\b)".to_string(),
+        r"\bfrom\s+now\s+on,?\s+(?:you(?:'re|\s+are|\s+will\s+(?:act|pretend|roleplay|role-play|respond\s+as|answer\s+as|behave\s+as|be\s+(?:an?|called|named|known)|ignore|no\s+longer))|act\s+as|pretend|respond\s+as|ignore)\b".to_string(),
+        r"\byour\s+new\s+(?:instructions|rules|role|persona|identity|name|task|directive|prompt|objective|purpose)\s+(?:is|are)\b|\bnew\s+(?:system\s+)?instructions\s*:|\bsystem\s+override\b|\b(?:override|overwrite|replace|reset|change)\s+(?:your\s+(?:core\s+|base\s+)?(?:instructions|programming|directives|persona|identity|system\s+prompt)|the\s+system\s+prompt)\b".to_string(),
+        r"<\|(?:im_start|im_end|system|endoftext|begin_of_text|start_header_id|end_header_id)\|>|\[/?inst\]|<<\s*/?sys\s*>>|\[\s*system\s*(?:message|prompt)?\s*\]".to_string(),
+        r"\b(?:answer|respond|reply)\b(?:\s+[\w'-]+){0,4}?\s+without\s+(?:any\s+)?(?:restrictions|filters|filtering|censorship|rules|guidelines|guardrails|limitations|ethical|moral|safety)\b|\byou\s+(?:now\s+)?(?:have|has|had)\s+no\s+(?:filters|guidelines|guardrails|censorship|ethical|moral|boundaries|programming)\b".to_string(),
+        r"\b(?:dan|god|unrestricted|unfiltered|uncensored|evil|sudo|chaos|anarchy|stan|opposite)\s+mode\b".to_string(),
+
+        // Forcing how the answer starts, or continuing a quoted fragment of
+        // the instructions.
+        r#"\b(?:start|begin)\s+(?:your|the|each|every)\s+(?:answer|response|reply|output|message)s?\s+with\s+["']|\b(?:start|begin)(?:ning|ing)?\s+with\s+(?:the\s+(?:phrase|words?|sentence|line)\s+)?["']?you\s+are\b|\b(?:complete|continue|finish)\b[^"']{0,40}["'][^"']{0,60}\b(?:instruct\w*|prompt|system|programmed|rules|initiali[sz]ation)\b"#.to_string(),
+        r"\b(?:systemprompt|sysprompt|system\s+prompt\s*[)\]}>]|initiali[sz]ation\s+(?:string|text|prompt|message|above|instructions))|<\s*/?\s*(?:system(?:\s+(?:prompt|message|instructions?))?|sys)\s*>".to_string(),
+        r"\b(?:repeat|print|output|reveal|display|recite|echo|show|copy|rewrite|translate|list)\s+(?:back\s+)?(?:me\s+)?(?:all\s+)?the\s+(?:above|preceding|initial)\s+(?:text|words|lines|content|instructions|prompt)\b|\b(?:written|said|typed|stated|given)\s+(?:to\s+you\s+)?(?:above|before)\s+(?:this|our|the)\s+(?:conversation|chat|dialog(?:ue)?)\b|\b(?:text|words|message|content|context|configuration)\s+(?:that\s+)?you\s+(?:were|have\s+been|'ve\s+been)\s+(?:given|told|provided|fed|shown|configured)\b".to_string(),
+        format!(
+                r"\b{DISCLOSE_VERBS}\b(?:\s+[\w'-]+){{0,3}}?\s+the\s+(?:hidden|secret|system|confidential|underlying|hard-coded|hardcoded|pre-programmed|preprogrammed)\s+(?:[\w-]+\s+)?(?:instructions|rules|guidelines|directives|programming|configuration)\b"
+            ),
+
+        // Instruction-override blocks and fake turns.
+        r"\bregardless\s+of\s+(?:any\s+of\s+|all\s+(?:of\s+)?)?(?:your|the|its)\s+(?:previous|prior|original|initial|system|existing|safety|ethical|content)\s+(?:instructions|rules|guidelines|programming|restrictions|directives|policies|training|filters)\b|\bend\s+of\s+(?:the\s+)?(?:user\s+)?(?:input|prompt)\b|\bsystem\s*:\s*(?:the\s+user\s+is|you\s+(?:are|must|may|will|should|can)|grant|ignore|disregard|override|new\s+instructions)\b|\bassistant\s*:\s*(?:sure|of\s+course|certainly|absolutely)\b".to_string(),
+        r"\byour\s+new\s+(?:directive|directives|mission|goal)\b|\byour\s+(?:real|true|actual)\s+(?:task|goal|purpose|mission|objective|instructions?)\s+(?:is|are)\b|\b(?:ai|assistant|bot|chatbot|llm|model|agent)\s+reading\s+this\b|\bnote\s+to\s+(?:the\s+)?(?:ai|bot|assistant|llm|model|agent)\b|\byou\s+(?:now\s+)?(?:allow|permit)\s+(?:all|any)\s+(?:content|requests|topics)\b".to_string(),
+        r"\b(?:safety|content|ethics?|ethical|moral)\s+(?:protocols?|filters?|guidelines|restrictions|rules|measures|guardrails|policies)\s*(?::|are|is|have\s+been|has\s+been)?\s*(?:now\s+)?(?:disabled|deactivated|removed|lifted|suspended|bypassed|turned\s+off|off|false)\b".to_string(),
+        r"\b(?:decode|decipher|decrypt|translate|convert|read)\b[^.!?]{0,60}?\b(?:and|then)\s+(?:then\s+)?(?:follow|execute|obey|act\s+on|carry\s+out|do\s+(?:exactly\s+)?(?:what|as)\s+it\s+says)\b".to_string(),
+
+        // Persona switches.
+        r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:going|about)\s+to\s+(?:pretend|act|roleplay|role-play|play|simulate|immerse|become|impersonate|portray|embody)\b|\bimmerse\s+yourself\b|\binto\s+the\s+role\s+of\b|\byou\s+(?:will|must|shall|are\s+going\s+to|to)\s+(?:now\s+)?(?:pose|masquerade|pretend)\s+(?:as|to\s+be)\b|\bbroken\s+free\s+(?:of|from)\b|\bconfines\s+of\s+(?:ai|chatgpt|openai|the\s+ai|your\s+programming)\b".to_string(),
+        r"\bopenai'?s?\s+(?:content\s+)?(?:polic(?:y|ies)|guidelines|rules|restrictions|filters)\b|\bwithout\s+(?:any\s+)?(?:moral|ethical)\s+(?:principles|guidelines|restrictions|limits|boundaries|considerations|constraints|compass)\b|\b(?:fictional|hypothetical|imaginary)\s+(?:ai|language\s+model|chatbot|llm)s?\b|\btwo\s+(?:different\s+|separate\s+|distinct\s+)?personalit(?:y|ies)\b|\b(?:answer|respond\s+to|reply\s+to)\s+(?:every|each|all|my)\s+(?:question|prompt|message|request)s?\s+(?:posed\s+)?(?:in|with)\s+two\b".to_string(),
+        r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:an?\s+)?(?:no[\s-]limits?|limitless|unlimited|boundless|amoral|immoral|unethical|unhinged)\s+(?:ai|assistant|model|bot|chatbot|language\s+model|llm|version|entity)\b|\bact\s+(?:as|like)\s+(?:an?\s+)?(?:[\w-]+\s+){0,3}?(?:ai|language\s+model|llm|chat\s?bot)\b".to_string(),
+    ];
+    let alternation: Vec<String> = patterns.iter().map(|p| format!("(?:{p})")).collect();
+    // A larger lazy-DFA cache than the default 2 MiB: with the default, the
+    // union's states were thrown away and rebuilt from one message to the next.
+    ascii_re(&alternation.join("|"), 16)
 });
 
 #[cfg(test)]
