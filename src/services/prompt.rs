@@ -81,7 +81,10 @@ impl EchoGuard {
         let words: Vec<u64> = echo_words(system_prompt)
             .map(|word| word_hash(&word))
             .collect();
-        let runs = words.windows(ECHO_WORDS).map(run_hash).collect();
+        let runs = words
+            .windows(ECHO_WORDS)
+            .map(|run| run_hash(run.iter()))
+            .collect();
         Self {
             runs,
             window: std::collections::VecDeque::with_capacity(ECHO_WORDS),
@@ -111,11 +114,7 @@ impl EchoGuard {
         }
         self.window.push_back(word_hash(&self.word));
         self.word.clear();
-        self.window.len() == ECHO_WORDS && {
-            let (front, back) = self.window.as_slices();
-            let hashes: Vec<u64> = front.iter().chain(back).copied().collect();
-            self.runs.contains(&run_hash(&hashes))
-        }
+        self.window.len() == ECHO_WORDS && self.runs.contains(&run_hash(self.window.iter()))
     }
 }
 
@@ -133,8 +132,8 @@ fn word_hash(word: &str) -> u64 {
     hasher.finish()
 }
 
-fn run_hash(words: &[u64]) -> u64 {
-    words.iter().fold(0xcbf2_9ce4_8422_2325, |hash, word| {
+fn run_hash<'a>(words: impl Iterator<Item = &'a u64>) -> u64 {
+    words.fold(0xcbf2_9ce4_8422_2325, |hash, word| {
         (hash ^ word).wrapping_mul(0x0100_0000_01b3)
     })
 }
