@@ -122,15 +122,16 @@ pub async fn list_for_user(
     limit: Option<i64>,
     offset: i64,
 ) -> Result<Vec<ConversationRecord>, sqlx::Error> {
-    // -1 is "no limit" on SQLite; PostgreSQL takes NULL for the same.
-    let sql = format!(
-        "SELECT {COLUMNS} FROM conversations WHERE user_id = $1 AND is_deleted = $2 \
-         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
-    );
+    // -1 is "no limit" on SQLite; PostgreSQL takes NULL for the same. The
+    // list shows the status but not why or when it changed: those are not read.
+    let sql = "SELECT id, user_id, short_name, created_at, updated_at, is_deleted, status, \
+         CAST(NULL AS TEXT) AS status_reason, CAST(NULL AS BIGINT) AS status_changed_ms \
+         FROM conversations WHERE user_id = $1 AND is_deleted = $2 \
+         ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4";
     match db {
         Database::Sqlite(pool) => {
             let mut reader = readers::acquire(pool).await?;
-            let result = sqlx::query_as::<_, ConversationRecord>(&sql)
+            let result = sqlx::query_as::<_, ConversationRecord>(sql)
                 .bind(user_id)
                 .bind(false)
                 .bind(limit.unwrap_or(-1))
@@ -141,7 +142,7 @@ pub async fn list_for_user(
             result
         }
         Database::Postgres(pool) => {
-            sqlx::query_as::<_, ConversationRecord>(&sql)
+            sqlx::query_as::<_, ConversationRecord>(sql)
                 .bind(user_id)
                 .bind(false)
                 .bind(limit)
