@@ -312,16 +312,8 @@ impl Config {
                 text_field: env.string("PINECONE_TEXT_FIELD", "text"),
                 category_field: env.string("PINECONE_CATEGORY_FIELD", "category"),
                 api_version: env.string("PINECONE_API_VERSION", "2025-04"),
-                timeout: Duration::from_millis(env.parse_in(
-                    "PINECONE_TIMEOUT_MS",
-                    5000,
-                    1..=120_000,
-                )?),
-                retry_base: Duration::from_millis(env.parse_in(
-                    "PINECONE_RETRY_BASE_MS",
-                    500,
-                    1..=60_000,
-                )?),
+                timeout: env.millis_in("PINECONE_TIMEOUT_MS", 5000, 1..=120_000)?,
+                retry_base: env.millis_in("PINECONE_RETRY_BASE_MS", 500, 1..=60_000)?,
                 streams_per_connection,
             }),
             _ => None,
@@ -371,21 +363,9 @@ impl Config {
             api_key: env.optional("OPENAI_API_KEY").map(Secret::new),
             base_url: base_url.trim_end_matches('/').to_string(),
             model: env.string("OPENAI_MODEL", "gpt-4o"),
-            connect_timeout: Duration::from_secs(env.parse_in(
-                "MODEL_CONNECT_TIMEOUT_SECS",
-                10,
-                1..=600,
-            )?),
-            idle_timeout: Duration::from_secs(env.parse_in(
-                "MODEL_IDLE_TIMEOUT_SECS",
-                60,
-                1..=3600,
-            )?),
-            total_timeout: Duration::from_secs(env.parse_in(
-                "MODEL_TOTAL_TIMEOUT_SECS",
-                300,
-                1..=86_400,
-            )?),
+            connect_timeout: env.secs_in("MODEL_CONNECT_TIMEOUT_SECS", 10, 1..=600)?,
+            idle_timeout: env.secs_in("MODEL_IDLE_TIMEOUT_SECS", 60, 1..=3600)?,
+            total_timeout: env.secs_in("MODEL_TOTAL_TIMEOUT_SECS", 300, 1..=86_400)?,
             streams_per_connection,
         };
         let database_url = env.string("DATABASE_URL", "sqlite:///./chat.db");
@@ -481,11 +461,7 @@ impl Config {
                     secret: Secret::new(secret),
                     max_attempts: env.parse_in("WEBHOOK_MAX_ATTEMPTS", 10, 1..=100)?,
                     retry_base: Duration::from_secs_f64(base),
-                    timeout: Duration::from_secs(env.parse_in(
-                        "WEBHOOK_TIMEOUT_SECS",
-                        10,
-                        1..=300,
-                    )?),
+                    timeout: env.secs_in("WEBHOOK_TIMEOUT_SECS", 10, 1..=300)?,
                 })
             }
         };
@@ -512,11 +488,7 @@ impl Config {
                         reason: "GUARDRAIL_JUDGE=model needs a key (this or OPENAI_API_KEY)".into(),
                     });
                 }
-                let timeout = Duration::from_millis(env.parse_in(
-                    "GUARDRAIL_JUDGE_TIMEOUT_MS",
-                    2000,
-                    10..=60_000,
-                )?);
+                let timeout = env.millis_in("GUARDRAIL_JUDGE_TIMEOUT_MS", 2000, 10..=60_000)?;
                 let fail_closed = match env.string("GUARDRAIL_JUDGE_FAIL", "open").as_str() {
                     "open" => false,
                     "closed" => true,
@@ -556,21 +528,9 @@ impl Config {
             port: env.parse("PORT", 8000)?,
             database,
             db_pool_size: env.parse_in("DB_POOL_SIZE", 30, 1..=10_000)?,
-            db_acquire_timeout: Duration::from_secs(env.parse_in(
-                "DB_ACQUIRE_TIMEOUT_SECS",
-                5,
-                1..=600,
-            )?),
-            db_idle_timeout: Duration::from_secs(env.parse_in(
-                "DB_IDLE_TIMEOUT_SECS",
-                600,
-                1..=86_400,
-            )?),
-            db_max_lifetime: Duration::from_secs(env.parse_in(
-                "DB_MAX_LIFETIME_SECS",
-                1800,
-                1..=604_800,
-            )?),
+            db_acquire_timeout: env.secs_in("DB_ACQUIRE_TIMEOUT_SECS", 5, 1..=600)?,
+            db_idle_timeout: env.secs_in("DB_IDLE_TIMEOUT_SECS", 600, 1..=86_400)?,
+            db_max_lifetime: env.secs_in("DB_MAX_LIFETIME_SECS", 1800, 1..=604_800)?,
             model,
             pinecone,
             retrieval,
@@ -592,27 +552,11 @@ impl Config {
             history_max_messages: env.parse_in("HISTORY_MAX_MESSAGES", 20, 0..=10_000)?,
             max_streams_total: env.parse_in("MAX_STREAMS_TOTAL", 20_000, 1..=1_000_000)?,
             max_streams_per_user: env.parse_in("MAX_STREAMS_PER_USER", 10, 0..=100_000)?,
-            request_timeout: Duration::from_secs(env.parse_in(
-                "REQUEST_TIMEOUT_SECS",
-                120,
-                1..=3600,
-            )?),
-            sse_keepalive: Duration::from_secs(env.parse_in("SSE_KEEPALIVE_SECS", 15, 1..=600)?),
-            ws_idle_timeout: Duration::from_secs(env.parse_in(
-                "WS_IDLE_TIMEOUT_SECS",
-                60,
-                1..=3600,
-            )?),
-            stream_resume_grace: Duration::from_secs(env.parse_in(
-                "STREAM_RESUME_GRACE_SECS",
-                30,
-                0..=3600,
-            )?),
-            stream_replay_ttl: Duration::from_secs(env.parse_in(
-                "STREAM_REPLAY_TTL_SECS",
-                300,
-                0..=86_400,
-            )?),
+            request_timeout: env.secs_in("REQUEST_TIMEOUT_SECS", 120, 1..=3600)?,
+            sse_keepalive: env.secs_in("SSE_KEEPALIVE_SECS", 15, 1..=600)?,
+            ws_idle_timeout: env.secs_in("WS_IDLE_TIMEOUT_SECS", 60, 1..=3600)?,
+            stream_resume_grace: env.secs_in("STREAM_RESUME_GRACE_SECS", 30, 0..=3600)?,
+            stream_replay_ttl: env.secs_in("STREAM_REPLAY_TTL_SECS", 300, 0..=86_400)?,
             log_format,
         })
     }
@@ -665,6 +609,27 @@ impl Env<'_> {
                 reason: format!("{raw:?} is not a valid {}", short_type_name::<T>()),
             }),
         }
+    }
+
+    /// Whole seconds within `range`.
+    fn secs_in(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.parse_in(name, default, range).map(Duration::from_secs)
+    }
+
+    /// Whole milliseconds within `range`.
+    fn millis_in(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.parse_in(name, default, range)
+            .map(Duration::from_millis)
     }
 
     fn parse_in<T>(

@@ -69,7 +69,7 @@ pub const ECHO_WORDS: usize = 16;
 /// answer that starts reproducing its instructions.
 pub struct EchoGuard {
     /// Hashes of every run of `ECHO_WORDS` words of the prompt.
-    runs: std::collections::HashSet<u64>,
+    runs: std::sync::Arc<std::collections::HashSet<u64>>,
     /// Hashes of the answer's last words.
     window: std::collections::VecDeque<u64>,
     /// The word being read (a delta may end inside one).
@@ -78,13 +78,15 @@ pub struct EchoGuard {
 
 impl EchoGuard {
     pub fn new(system_prompt: &str) -> Self {
-        let words: Vec<u64> = echo_words(system_prompt)
-            .map(|word| word_hash(&word))
-            .collect();
-        let runs = words
-            .windows(ECHO_WORDS)
-            .map(|run| run_hash(run.iter()))
-            .collect();
+        // Nearly every conversation has the current prompt: its runs are
+        // hashed once, not per turn.
+        static CURRENT: std::sync::LazyLock<std::sync::Arc<std::collections::HashSet<u64>>> =
+            std::sync::LazyLock::new(|| echo_runs(SYSTEM_PROMPT));
+        let runs = if system_prompt == SYSTEM_PROMPT {
+            CURRENT.clone()
+        } else {
+            echo_runs(system_prompt)
+        };
         Self {
             runs,
             window: std::collections::VecDeque::with_capacity(ECHO_WORDS),
@@ -116,6 +118,17 @@ impl EchoGuard {
         self.word.clear();
         self.window.len() == ECHO_WORDS && self.runs.contains(&run_hash(self.window.iter()))
     }
+}
+
+/// The hashes of every run of [`ECHO_WORDS`] words of `prompt`.
+fn echo_runs(prompt: &str) -> std::sync::Arc<std::collections::HashSet<u64>> {
+    let words: Vec<u64> = echo_words(prompt).map(|word| word_hash(&word)).collect();
+    std::sync::Arc::new(
+        words
+            .windows(ECHO_WORDS)
+            .map(|run| run_hash(run.iter()))
+            .collect(),
+    )
 }
 
 /// A text's words, lower-cased, punctuation dropped.

@@ -169,22 +169,23 @@ impl From<ConversationRecord> for ConversationSummary {
 
 /// Filters stored messages into the client view (section 4 of the contract).
 pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
+    // A question as typed (a user row, or the question of a refusal).
+    let question = |record: &MessageRecord| ClientMessage {
+        id: record.id,
+        role: "user",
+        content: record.user_message.clone().unwrap_or_default(),
+        created_at: record.created_at,
+        sources: None,
+        grounded: None,
+        feedback: None,
+        stopped: None,
+        author: None,
+    };
     let mut view = Vec::with_capacity(records.len());
     for record in records {
-        let typed = || record.user_message.clone().unwrap_or_default();
         match record.role {
             Role::System => {}
-            Role::User => view.push(ClientMessage {
-                id: record.id,
-                role: "user",
-                content: typed(),
-                created_at: record.created_at,
-                sources: None,
-                grounded: None,
-                feedback: None,
-                stopped: None,
-                author: None,
-            }),
+            Role::User => view.push(question(record)),
             Role::Assistant => view.push(ClientMessage {
                 id: record.id,
                 role: "assistant",
@@ -197,17 +198,7 @@ pub fn client_view(records: &[MessageRecord]) -> Vec<ClientMessage> {
                 author: Some(record.author.as_str()),
             }),
             Role::Guardrails => {
-                view.push(ClientMessage {
-                    id: record.id,
-                    role: "user",
-                    content: typed(),
-                    created_at: record.created_at,
-                    sources: None,
-                    grounded: None,
-                    feedback: None,
-                    stopped: None,
-                    author: None,
-                });
+                view.push(question(record));
                 view.push(ClientMessage {
                     id: record.id,
                     role: "assistant",
