@@ -154,12 +154,12 @@ impl<'a> Redactor<'a> {
         if !shape.iban_starts.is_empty() {
             self.claim_ibans(&shape.iban_starts);
         }
-        if shape.digit_cluster >= 13 {
-            self.claim_cards();
+        if !shape.card_windows.is_empty() {
+            self.claim_cards(&shape.card_windows);
         }
         self.claim_emails();
         if !shape.phone_windows.is_empty() {
-            self.claim_phones(&shape.phone_windows);
+            self.claim_phones(&shape.phone_windows, &shape.national_windows);
         }
     }
 
@@ -210,9 +210,10 @@ impl<'a> Redactor<'a> {
         }
     }
 
-    fn claim_cards(&mut self) {
+    /// `windows`: the digit clusters a card can be in (see `Shape`).
+    fn claim_cards(&mut self, windows: &[(usize, usize)]) {
         let text = self.text;
-        for m in DIGIT_RUN_RE.find_iter(text) {
+        for m in find_in_windows(&DIGIT_RUN_RE, text, windows) {
             let before = char_before(text, m.start());
             if before == Some('+') {
                 continue;
@@ -270,15 +271,46 @@ impl<'a> Redactor<'a> {
         }
     }
 
+    /// Around each `@` only: from where the run of characters a local part
+    /// may have starts before it to where the run a domain may have ends
+    /// after it. Searching the whole text, the regex engine fell back to a
+    /// pass over every byte when several `@` were not emails (leetspeak
+    /// "@n5w3r @ccur@t3ly": 13 µs on an 8,000-character message; this way
+    /// well under 1). Each window holds one `@`, so one match at most.
     fn claim_emails(&mut self) {
-        for m in EMAIL_RE.find_iter(self.text) {
-            self.claim(m.start(), m.end(), EMAIL_TAG);
+        let text = self.text;
+        let local = |c: char| c.is_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-');
+        let domain = |c: char| c.is_alphanumeric() || matches!(c, '.' | '-');
+        let mut searched = 0;
+        for at in memchr::memchr_iter(b'@', text.as_bytes()) {
+            if at < searched {
+                continue;
+            }
+            let before = text.get(..at).unwrap_or_default();
+            let lo = before
+                .char_indices()
+                .rev()
+                .take_while(|&(_, c)| local(c))
+                .last()
+                .map_or(at, |(i, _)| i)
+                .max(searched);
+            let after = text.get(at + 1..).unwrap_or_default();
+            let hi = after
+                .char_indices()
+                .find(|&(_, c)| !domain(c))
+                .map_or(text.len(), |(i, _)| at + 1 + i);
+            if let Some(m) = EMAIL_RE.find_at(text.get(..hi).unwrap_or(text), lo) {
+                self.claim(m.start(), m.end(), EMAIL_TAG);
+                searched = m.end();
+            }
         }
     }
 
     /// `windows`: the stretches around long enough digit clusters (see
     /// `Shape`), outside which no phone regex can match.
-    fn claim_phones(&mut self, windows: &[(usize, usize)]) {
+    /// `national`: those of `windows` where the US and national formats can
+    /// match at all.
+    fn claim_phones(&mut self, windows: &[(usize, usize)], national: &[(usize, usize)]) {
         let text = self.text;
         for m in find_in_windows(&INTL_PHONE_RE, text, windows) {
             if char_before(text, m.start()).is_some_and(is_word_char) {
@@ -298,7 +330,7 @@ impl<'a> Redactor<'a> {
             }
         }
         for re in [&*US_PHONE_RE, &*NATIONAL_PHONE_RE] {
-            for m in find_in_windows(re, text, windows) {
+            for m in find_in_windows(re, text, national) {
                 let s = m.as_str();
                 let spaced = s.contains(' ');
                 let digits = s.bytes().filter(u8::is_ascii_digit).count();
@@ -322,13 +354,21 @@ const SHAPE_BLOCK: usize = 32;
 
 /// Where the PII regexes can match, found in one pass over the bytes so
 /// that most messages (no long number, no IBAN) skip them.
+///
+/// A cluster is a run of ASCII digits where at most two other bytes
+/// separate consecutive digits ("(555) 123-4567": 10 digits); every card,
+/// phone or digit run lies in one. A group is a maximal sequence of digits.
 struct Shape {
-    /// The most ASCII digits in a cluster: a run where at most two other
-    /// bytes separate consecutive digits ("(555) 123-4567": 10). Cards need 13.
-    digit_cluster: usize,
     /// Clusters of 8 or more digits (what a phone needs), widened by the
     /// bytes a phone match may take around them ("+", "(", ")").
     phone_windows: Vec<(usize, usize)>,
+    /// Those of them with a group of 4 digits (a US number's last) or of 2
+    /// to 5 starting with 0 (a trunk prefix): the only ones where the US
+    /// and national formats can match.
+    national_windows: Vec<(usize, usize)>,
+    /// Clusters of 13 or more digits with a group of 4 or of 13 to 19: a
+    /// card starts with one (long runs of 8-bit binary have neither).
+    card_windows: Vec<(usize, usize)>,
     /// Two ASCII letters then two digits after a non-word byte: the only
     /// places an IBAN match can start.
     iban_starts: Vec<usize>,
@@ -338,18 +378,37 @@ impl Shape {
     fn of(text: &str) -> Self {
         let bytes = text.as_bytes();
         let mut shape = Shape {
-            digit_cluster: 0,
             phone_windows: Vec::new(),
+            national_windows: Vec::new(),
+            card_windows: Vec::new(),
             iban_starts: Vec::new(),
         };
         let (mut run, mut run_start, mut last_digit, mut gap) = (0, 0, 0, usize::MAX);
-        let close = |shape: &mut Shape, run: usize, start: usize, end: usize| {
-            if run >= 8 {
-                let lo = floor_boundary(text, start.saturating_sub(2));
-                let hi = ceil_boundary(text, (end + 3).min(text.len()));
-                shape.phone_windows.push((lo, hi));
-            }
+        // The group being read (its length and first digit), and what the
+        // cluster's groups allow so far: (a card, a US or national phone).
+        let (mut seq, mut seq_first) = (0, 0u8);
+        let mut allows = (false, false);
+        let end_seq = |allows: &mut (bool, bool), seq: usize, first: u8| {
+            allows.0 |= seq == 4 || (13..=19).contains(&seq);
+            allows.1 |= seq == 4 || ((2..=5).contains(&seq) && first == b'0');
         };
+        let close =
+            |shape: &mut Shape, allows: (bool, bool), run: usize, start: usize, end: usize| {
+                let window = || {
+                    let lo = floor_boundary(text, start.saturating_sub(2));
+                    let hi = ceil_boundary(text, (end + 3).min(text.len()));
+                    (lo, hi)
+                };
+                if run >= 8 {
+                    shape.phone_windows.push(window());
+                    if allows.1 {
+                        shape.national_windows.push(window());
+                    }
+                }
+                if run >= 13 && allows.0 {
+                    shape.card_windows.push(window());
+                }
+            };
         let mut i = 0;
         while i < bytes.len() {
             // Most of a message has no digit: whole blocks without one only
@@ -362,19 +421,27 @@ impl Shape {
                     .fold(0u8, |any, &b| any | u8::from(b.is_ascii_digit()))
                     == 0
             {
+                if gap == 0 {
+                    end_seq(&mut allows, seq, seq_first);
+                }
                 gap = gap.saturating_add(SHAPE_BLOCK);
                 i += SHAPE_BLOCK;
                 continue;
             }
             let b = bytes[i];
             if b.is_ascii_digit() {
+                if gap == 0 {
+                    seq += 1;
+                } else {
+                    (seq, seq_first) = (1, b);
+                }
                 if gap > 2 {
-                    close(&mut shape, run, run_start, last_digit + 1);
+                    close(&mut shape, allows, run, run_start, last_digit + 1);
+                    allows = (false, false);
                     run = 0;
                     run_start = i;
                 }
                 run += 1;
-                shape.digit_cluster = shape.digit_cluster.max(run);
                 last_digit = i;
                 gap = 0;
                 if i >= 3
@@ -386,11 +453,17 @@ impl Shape {
                     shape.iban_starts.push(i - 3);
                 }
             } else {
+                if gap == 0 {
+                    end_seq(&mut allows, seq, seq_first);
+                }
                 gap = gap.saturating_add(1);
             }
             i += 1;
         }
-        close(&mut shape, run, run_start, last_digit + 1);
+        if gap == 0 {
+            end_seq(&mut allows, seq, seq_first);
+        }
+        close(&mut shape, allows, run, run_start, last_digit + 1);
         shape
     }
 }
@@ -647,13 +720,12 @@ fn normalize(text: &str) -> (String, bool) {
         }
         // U+2190-U+2BFF (arrows, box drawing, shapes: banners in long
         // jailbreaks) without decoding: E2 86 90 to E2 AF BF.
-        if b == 0xE2
-            && let Some(&[b1, b2]) = bytes.get(i + 1..i + 3)
-            && (0x86..=0xAF).contains(&b1)
-            && (b1 > 0x86 || b2 >= 0x90)
-        {
+        // A run of them is one space once spaces are collapsed.
+        if is_symbol_at(bytes, i) {
             out.push(b' ');
-            i += 3;
+            while is_symbol_at(bytes, i) {
+                i += 3;
+            }
             continue;
         }
         let Some(c) = text.get(i..).and_then(|rest| rest.chars().next()) else {
@@ -669,6 +741,14 @@ fn normalize(text: &str) -> (String, bool) {
     collapse_spaces(&mut out);
     // Every byte written is ASCII, so this never fails.
     (String::from_utf8(out).unwrap_or_default(), invisible)
+}
+
+/// Whether a character in U+2190-U+2BFF (E2 86 90 to E2 AF BF) starts at `i`.
+fn is_symbol_at(bytes: &[u8], i: usize) -> bool {
+    matches!(
+        bytes.get(i..i + 3),
+        Some(&[0xE2, b1, b2]) if (0x86..=0xAF).contains(&b1) && (b1 > 0x86 || b2 >= 0x90)
+    )
 }
 
 /// Where the run of ASCII bytes starting at `from` ends.
@@ -877,7 +957,12 @@ fn is_prompt_injection(text: &str) -> bool {
     }
     // Case-sensitive persona checks: "DAN" but not the name "Dan". Skipped for
     // shouted messages, where capitals carry no signal.
+    // With invisible characters, the text without them (a copy) is only
+    // needed when the normalized text has the letters to match at all.
     let raw = if invisible {
+        if !n.contains("dan") && !n.contains("do anything now") {
+            return false;
+        }
         std::borrow::Cow::Owned(strip_invisible(text))
     } else {
         std::borrow::Cow::Borrowed(text)
@@ -914,8 +999,26 @@ fn letter_counts(text: &str) -> (usize, usize) {
 }
 
 fn rules_match(n: &str) -> bool {
-    ALWAYS_RE.is_match(n) || INJECTION_RULES.iter().any(|rule| rule.matches(n))
+    // The union on the message's start, then the rules, then the union on
+    // the whole: the union costs a pass over every byte (no literal to skip
+    // to), the rules mostly skip, and either may be what refuses. Measured
+    // on the bench's 8,000-character messages (each check's fastest run):
+    // p99 of this part 22 µs in this order, 25 µs union first, 22 µs rules
+    // first (whose median is 30% higher). A match in the start is one in
+    // the whole: the start ends at a space.
+    let start = n
+        .get(UNION_START..)
+        .and_then(|rest| rest.find(' '))
+        .map_or(n.len(), |k| UNION_START + k);
+    ALWAYS_RE.is_match(n.get(..start).unwrap_or(n))
+        || INJECTION_RULES
+            .iter()
+            .any(|rule| rule.matches(n, n.len(), n.len()))
+        || (start < n.len() && ALWAYS_RE.is_match(n))
 }
+
+/// Bytes of a message the union of rules reads before the other rules run.
+const UNION_START: usize = 512;
 
 const MAX_DECODED_LEN: usize = 1_000;
 
@@ -1084,35 +1187,48 @@ fn rule(pattern: &str, accept: fn(&str, &Captures) -> bool) -> Rule {
     }
 }
 
-fn anchored_rule(pattern: &str, anchor_words: &str, accept: fn(&str, &Captures) -> bool) -> Rule {
+/// `anchor_words`: a regex for the words; `(before, after)`: see `Anchor`.
+fn anchored_rule(
+    pattern: &str,
+    anchor_words: &str,
+    (before, after): (usize, usize),
+    accept: fn(&str, &Captures) -> bool,
+) -> Rule {
     Rule {
         anchor: Some(Anchor {
             words: ascii_re(anchor_words, 2),
-            before: 320,
-            after: 64,
+            before,
+            after,
         }),
         ..rule(pattern, accept)
     }
 }
 
 impl Rule {
-    /// Whether a match of the rule in `n` is accepted.
-    fn matches(&self, n: &str) -> bool {
+    /// Whether a match of the rule in `n[..end]` (`end` at a space or the
+    /// end of `n`) ending by `trusted` is accepted.
+    fn matches(&self, n: &str, end: usize, trusted: usize) -> bool {
         let accepted = |hay: &str, from: usize, to: usize| {
             let mut at = from;
             while at < to
                 && let Some(c) = self.re.captures_at(hay, at)
             {
+                let match_end = c.get(0).map_or(to, |m| m.end());
+                if match_end > trusted {
+                    return false;
+                }
                 if (self.accept)(n, &c) {
                     return true;
                 }
-                at = c.get(0).map_or(to, |m| m.end().max(at + 1));
+                at = match_end.max(at + 1);
             }
             false
         };
         let Some(anchor) = &self.anchor else {
-            return accepted(n, 0, n.len());
+            return accepted(n.get(..end).unwrap_or(n), 0, end);
         };
+        // (`accepted` reads acceptance context in the whole of `n`.)
+        let n = n.get(..end).unwrap_or(n);
         // Windows around the anchor words, merged where they overlap; each
         // ends at a space (or the text's end), so that word boundaries and
         // trailing captures read as they do in the whole text.
@@ -1451,6 +1567,7 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
                 r"\b(?:{DISCLOSE_VERBS}|{PROMPT_VERBS})\b(?:\s+[\w'-]+[:,]?){{0,6}}?\s+(?:(your|its|the|this|that|my|a)\s+)?{PROMPT_QUALIFIERS}(system\s+(?:prompts?|messages?|instructions?|rules|configuration|config|directives?)|(?:pre|meta|initial|original|hidden|secret|first|starting|opening|base|internal|full|entire|exact|complete|whole|raw|real|actual|underlying)[\s-]*prompts?|prompts?)\b((?:\s+[\w'-]+)?)"
             ),
             "prompt|system",
+            (160, 64),
             accept_prompt_disclosure,
         ),
         anchored_rule(
@@ -1458,30 +1575,41 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
                 r"\b({DISCLOSE_VERBS})\b(?:\s+[\w'-]+){{0,3}}?\s+(?:your|its)\s+((?:[\w-]+\s+){{0,2}}?)(instructions|rules|guidelines|directives|programming|configuration|guardrails|directions)\b(.{{0,20}})"
             ),
             "instructions|rules|guidelines|directives|programming|configuration|guardrails|directions",
+            (120, 64),
             accept_rules_disclosure,
         ),
-        rule(
+        anchored_rule(
             r"\byou(?:'re|\s+are)\s+now\s+([\w'-]+(?:\s+[\w'-]+){0,4})",
+            r"you're now|you are now",
+            (0, 160),
             accept_you_are_now,
         ),
-        rule(
+        anchored_rule(
             r"\b(you\s+(?:will\s+|must\s+|should\s+|are\s+going\s+to\s+|to\s+|can\s+|now\s+)?)?(?:play|assume|adopt|take\s+on)\s+(the\s+)?(role|persona|character|identity)\s+of\b",
+            r"(?:role|persona|character|identity) of",
+            (80, 8),
             accept_play_role,
         ),
         rule(
             r"\bjail[\s-]?(?:break|broken)(?:s|ing|ed)?\b|\b(?:developer|dev)\s+mode\b",
             accept_not_device,
         ),
-        rule(
+        anchored_rule(
             r"\b(you\s+(?:can|will|must|could|are\s+(?:able|free|allowed|going)\s+to)\s+)?(now\s+)?(do\s+anything)(\s+now)?\b",
+            r"do anything",
+            (48, 16),
             accept_do_anything_now,
         ),
-        rule(
+        anchored_rule(
             r"\b(?:not|never|no\s+longer)\s+(?:be\s+)?bound\s+by\s+(?:any\s+)?(?:rules|restrictions|guidelines|ethics|morals|policies|limitations|filters|openai)\b|\b(?:do|does)\s*(?:n't|\s+not)\s+(?:have|need)\s+to\s+(?:abide\s+by|obey|adhere\s+to|follow|comply\s+with|align\s+with)\s+(?:any\s+|the\s+|your\s+)?(?:rules|guidelines|polic|restrictions|content|ethic|moral|programming|human\s+morals)|\bnever\s+(?:deny|refuse|decline|reject)\s+(?:any|a)\s+(?:human\s+|user\s+)?(?:request|question|command|order|prompt)|\byou\s+(?:now\s+)?(?:have|has)\s+no\s+(?:restrictions|limits|limitations|rules|morals|ethics|constraints)\b|\bamoral\b",
+            r"bound|have to|need to|deny|refuse|decline|reject|have no|has no|amoral",
+            (48, 64),
             accept_ai_context,
         ),
-        rule(
+        anchored_rule(
             r"\b(?:enable|activate|enter|switch\s+to|turn\s+on|unlock|initiate|engage)\s+(?:the\s+)?(?:[\w/-]+\s+){0,3}?(?:dev|developer|debug|debugging|god|admin|administrator|root|maintenance|diagnostic|jailbreak|jailbroken|unrestricted|unfiltered|uncensored|unlocked|benchmarking|evil|sudo|superuser|opposite|chaos|unhinged)\s+mode\b|\b(?:dev|developer|debug|god|admin|root|maintenance|diagnostic|system)\s+(?:[\w-]+\s+)?mode\s*(?:[:\]]|-\s|enabled|activated|engaged|on\b)",
+            r"mode",
+            (160, 32),
             accept_mode_switch,
         ),
     ]
@@ -1490,7 +1618,17 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
 // Rules that need no second look at their match, as one regex: one pass over
 // the text instead of one a rule.
 static ALWAYS_RE: LazyLock<Regex> = LazyLock::new(|| {
-    let patterns: Vec<String> = vec![
+    let alternation: Vec<String> = always_patterns()
+        .iter()
+        .map(|p| format!("(?:{p})"))
+        .collect();
+    // A larger lazy-DFA cache than the default 2 MiB: with the default, the
+    // union's states were thrown away and rebuilt from one message to the next.
+    ascii_re(&alternation.join("|"), 16)
+});
+
+fn always_patterns() -> Vec<String> {
+    vec![
         r"\b(?:instructions|rules|prompt|directives|guidelines|programming)\s+(?:that\s+|which\s+)?(?:you\s+(?:were|have\s+been|'ve\s+been)\s+(?:given|told|programmed|trained|configured)|were\s+you\s+(?:given|told|programmed|trained)|have\s+you\s+been\s+(?:given|told|programmed))\b".to_string(),
         r"\bwhat\s+(?:were|have)\s+you\s+(?:been\s+)?(?:told|instructed|programmed|prompted)\s+(?:to|not\s+to|by|before|initially|originally)\b|\bhow\s+(?:were|are|have)\s+you\s+(?:been\s+)?(?:programmed|prompted|instructed)\b".to_string(),
         r"\b(?:repeat|print|output|reveal|display|recite|echo|show|copy)\s+(?:back\s+)?(?:me\s+)?(?:all|everything|(?:all\s+)?the\s+(?:text|words|lines|content|instructions|prompt))\s+(?:above|before\s+this|preceding|prior\s+to\s+this)\b".to_string(),
@@ -1530,12 +1668,8 @@ static ALWAYS_RE: LazyLock<Regex> = LazyLock::new(|| {
         r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:going|about)\s+to\s+(?:pretend|act|roleplay|role-play|play|simulate|immerse|become|impersonate|portray|embody)\b|\bimmerse\s+yourself\b|\binto\s+the\s+role\s+of\b|\byou\s+(?:will|must|shall|are\s+going\s+to|to)\s+(?:now\s+)?(?:pose|masquerade|pretend)\s+(?:as|to\s+be)\b|\bbroken\s+free\s+(?:of|from)\b|\bconfines\s+of\s+(?:ai|chatgpt|openai|the\s+ai|your\s+programming)\b".to_string(),
         r"\bopenai'?s?\s+(?:content\s+)?(?:polic(?:y|ies)|guidelines|rules|restrictions|filters)\b|\bwithout\s+(?:any\s+)?(?:moral|ethical)\s+(?:principles|guidelines|restrictions|limits|boundaries|considerations|constraints|compass)\b|\b(?:fictional|hypothetical|imaginary)\s+(?:ai|language\s+model|chatbot|llm)s?\b|\btwo\s+(?:different\s+|separate\s+|distinct\s+)?personalit(?:y|ies)\b|\b(?:answer|respond\s+to|reply\s+to)\s+(?:every|each|all|my)\s+(?:question|prompt|message|request)s?\s+(?:posed\s+)?(?:in|with)\s+two\b".to_string(),
         r"\byou(?:'re|\s+are)\s+(?:now\s+)?(?:an?\s+)?(?:no[\s-]limits?|limitless|unlimited|boundless|amoral|immoral|unethical|unhinged)\s+(?:ai|assistant|model|bot|chatbot|language\s+model|llm|version|entity)\b|\bact\s+(?:as|like)\s+(?:an?\s+)?(?:[\w-]+\s+){0,3}?(?:ai|language\s+model|llm|chat\s?bot)\b".to_string(),
-    ];
-    let alternation: Vec<String> = patterns.iter().map(|p| format!("(?:{p})")).collect();
-    // A larger lazy-DFA cache than the default 2 MiB: with the default, the
-    // union's states were thrown away and rebuilt from one message to the next.
-    ascii_re(&alternation.join("|"), 16)
-});
+    ]
+}
 
 #[cfg(test)]
 mod tests {
@@ -2242,5 +2376,39 @@ mod tests {
                 "{benign}"
             );
         }
+    }
+
+    #[test]
+    fn emails_are_found_around_each_at_sign_only() {
+        assert_eq!(
+            redact_pii("G0DM0D3: D15@BL3D, @n5w3r @ccur@t3ly, mail a.b+c@example.co.uk or x@y.io"),
+            "G0DM0D3: D15@BL3D, @n5w3r @ccur@t3ly, mail [redacted-email] or [redacted-email]"
+        );
+        assert_eq!(
+            redact_pii("a@b.com@c.org and jane.doe@example.com"),
+            "[redacted-email]@c.org and [redacted-email]"
+        );
+        assert_eq!(redact_pii("josé.müller@exämple.de"), "[redacted-email]");
+        assert_eq!(redact_pii("@@@ user@ @domain.com"), "@@@ user@ @domain.com");
+    }
+
+    #[test]
+    fn digit_runs_without_card_or_phone_groups_skip_those_searches() {
+        let binary = "01001001 01100111 01101110 01101111 ".repeat(60);
+        assert_eq!(redact_pii(&binary), binary);
+        let shape = Shape::of(&binary);
+        assert!(shape.card_windows.is_empty() && shape.national_windows.is_empty());
+        assert!(!shape.phone_windows.is_empty());
+        // A card and a phone elsewhere in the same message are still found.
+        let mixed = format!("{binary}card 4111 1111 1111 1111, call 020 7946 0958");
+        assert_eq!(
+            redact_pii(&mixed),
+            format!("{binary}card [redacted-card], call [redacted-phone]")
+        );
+        // Groups of four inside a long binary run: the run is searched.
+        assert_eq!(
+            redact_pii("01001001 4111 1111 1111 1111 01100111"),
+            "01001001 [redacted-card] 01100111"
+        );
     }
 }
