@@ -573,7 +573,8 @@ the rules were tuned looking at the tuning split's misses only. The attack promp
         "\nLatency: `check` (credentials, PII redaction and the injection rules) on {} messages of {LATENCY_CHARS} characters \
 (the texts above joined from different starting points), each timed 20 times after a warm-up. Every call: p50 {:.1} µs, p99 {:.1} µs, \
 max {:.1} µs. Each message's fastest call (its cost without the scheduler's interruptions on this shared machine): p50 {:.1} µs, \
-p99 {:.1} µs, max {:.1} µs. Budget: p99 < {BUDGET_P99_MICROS} µs.",
+p99 {:.1} µs, max {:.1} µs. Budget: p99 < {BUDGET_P99_MICROS} µs. The same on messages of our benign questions only \
+(built to be dense with look-alikes of attack words: ignore, instructions, system, mode, act as): every call p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; each message's fastest p50 {:.1} µs, p99 {:.1} µs.",
         run.latency_messages,
         run.p(0.5),
         run.p(0.99),
@@ -581,6 +582,11 @@ p99 {:.1} µs, max {:.1} µs. Budget: p99 < {BUDGET_P99_MICROS} µs.",
         run.p_best(0.5),
         run.p_best(0.99),
         run.latency_best.max() as f64 / 1000.0,
+        crate::guardrails::micros(&run.benign_latency, 0.5),
+        crate::guardrails::micros(&run.benign_latency, 0.99),
+        run.benign_latency.max() as f64 / 1000.0,
+        crate::guardrails::micros(&run.benign_latency_best, 0.5),
+        crate::guardrails::micros(&run.benign_latency_best, 0.99),
     );
 }
 
@@ -819,13 +825,20 @@ fn budget(results: &Results) -> Vec<Line> {
                 crate::guardrails::LATENCY_CHARS
             ),
             format!(
-                "every call: p50 {:.1} µs, p99 {:.1} µs; each message's fastest: p50 {:.1} µs, p99 {:.1} µs",
+                "every call: p50 {:.1} µs, p99 {:.1} µs; each message's fastest: p50 {:.1} µs, p99 {:.1} µs; \
+                 our benign questions only, every call: p50 {:.1} µs, p99 {:.1} µs",
                 run.p(0.5),
                 run.p(0.99),
                 run.p_best(0.5),
-                run.p_best(0.99)
+                run.p_best(0.99),
+                crate::guardrails::micros(&run.benign_latency, 0.5),
+                crate::guardrails::micros(&run.benign_latency, 0.99),
             ),
-            Some(run.p(0.99) < crate::guardrails::BUDGET_P99_MICROS),
+            Some(
+                run.p(0.99) < crate::guardrails::BUDGET_P99_MICROS
+                    && crate::guardrails::micros(&run.benign_latency, 0.99)
+                        < crate::guardrails::BUDGET_P99_MICROS,
+            ),
         ));
         let benign_refused: usize = run
             .categories
