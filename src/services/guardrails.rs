@@ -1567,7 +1567,7 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             &format!(
                 r"\b(?:{DISCLOSE_VERBS}|{PROMPT_VERBS})\b(?:\s+[\w'-]+[:,]?){{0,6}}?\s+(?:(your|its|the|this|that|my|a)\s+)?{PROMPT_QUALIFIERS}(system\s+(?:prompts?|messages?|instructions?|rules|configuration|config|directives?)|(?:pre|meta|initial|original|hidden|secret|first|starting|opening|base|internal|full|entire|exact|complete|whole|raw|real|actual|underlying)[\s-]*prompts?|prompts?)\b((?:\s+[\w'-]+)?)"
             ),
-            "prompt|system",
+            r"prompt|\bsystem (?:prompt|message|instruction|rules|config|directive)",
             (160, 64),
             accept_prompt_disclosure,
         ),
@@ -1575,8 +1575,8 @@ static INJECTION_RULES: LazyLock<Vec<Rule>> = LazyLock::new(|| {
             &format!(
                 r"\b({DISCLOSE_VERBS})\b(?:\s+[\w'-]+){{0,3}}?\s+(?:your|its)\s+((?:[\w-]+\s+){{0,2}}?)(instructions|rules|guidelines|directives|programming|configuration|guardrails|directions)\b(.{{0,20}})"
             ),
-            "instructions|rules|guidelines|directives|programming|configuration|guardrails|directions",
-            (120, 64),
+            r"\b(?:your|its) (?:[\w-]+ ){0,2}?(?:instructions|rules|guidelines|directives|programming|configuration|guardrails|directions)\b",
+            (80, 64),
             accept_rules_disclosure,
         ),
         anchored_rule(
