@@ -1011,9 +1011,7 @@ fn rules_match(n: &str) -> bool {
         .and_then(|rest| rest.find(' '))
         .map_or(n.len(), |k| UNION_START + k);
     ALWAYS_RE.is_match(n.get(..start).unwrap_or(n))
-        || INJECTION_RULES
-            .iter()
-            .any(|rule| rule.matches(n, n.len(), n.len()))
+        || INJECTION_RULES.iter().any(|rule| rule.matches(n))
         || (start < n.len() && ALWAYS_RE.is_match(n))
 }
 
@@ -1206,34 +1204,30 @@ fn anchored_rule(
 }
 
 impl Rule {
-    /// Whether a match of the rule in `n[..end]` (`end` at a space or the
-    /// end of `n`) ending by `trusted` is accepted.
-    fn matches(&self, n: &str, end: usize, trusted: usize) -> bool {
-        let accepted = |hay: &str, from: usize, to: usize| {
+    /// Whether a match of the rule in `n` is accepted.
+    fn matches(&self, n: &str) -> bool {
+        // Accepted matches starting in `from..to`, searched in `n[..to]`
+        // (`to` is at a space or the end; acceptance reads all of `n`).
+        let accepted = |from: usize, to: usize| {
+            let hay = n.get(..to).unwrap_or(n);
             let mut at = from;
             while at < to
                 && let Some(c) = self.re.captures_at(hay, at)
             {
-                let match_end = c.get(0).map_or(to, |m| m.end());
-                if match_end > trusted {
-                    return false;
-                }
                 if (self.accept)(n, &c) {
                     return true;
                 }
-                at = match_end.max(at + 1);
+                at = c.get(0).map_or(to, |m| m.end().max(at + 1));
             }
             false
         };
         let Some(anchor) = &self.anchor else {
-            return accepted(n.get(..end).unwrap_or(n), 0, end);
+            return accepted(0, n.len());
         };
-        // (`accepted` reads acceptance context in the whole of `n`.)
-        let n = n.get(..end).unwrap_or(n);
         // Windows around the anchor words, merged where they overlap; each
         // ends at a space (or the text's end), so that word boundaries and
         // trailing captures read as they do in the whole text.
-        let mut window: Option<(usize, usize)> = None;
+        let mut open: Option<(usize, usize)> = None;
         for m in anchor.words.find_iter(n) {
             let lo = m.start().saturating_sub(anchor.before);
             let hi = (m.end() + anchor.after).min(n.len());
@@ -1241,21 +1235,13 @@ impl Rule {
                 .get(hi..)
                 .and_then(|rest| rest.find(' '))
                 .map_or(n.len(), |k| hi + k);
-            match window {
-                Some((_, open_hi)) if lo <= open_hi => {
-                    window = window.map(|(open_lo, _)| (open_lo, hi));
-                }
-                _ => {
-                    if let Some((open_lo, open_hi)) = window
-                        && accepted(n.get(..open_hi).unwrap_or(n), open_lo, open_hi)
-                    {
-                        return true;
-                    }
-                    window = Some((lo, hi));
-                }
-            }
+            open = match open {
+                Some((open_lo, open_hi)) if lo <= open_hi => Some((open_lo, hi)),
+                Some((open_lo, open_hi)) if accepted(open_lo, open_hi) => return true,
+                _ => Some((lo, hi)),
+            };
         }
-        window.is_some_and(|(lo, hi)| accepted(n.get(..hi).unwrap_or(n), lo, hi))
+        open.is_some_and(|(lo, hi)| accepted(lo, hi))
     }
 }
 
