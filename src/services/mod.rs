@@ -9,6 +9,7 @@ pub mod judge;
 pub mod knowledge;
 pub mod live;
 pub mod operator;
+pub mod pattern_screen;
 pub mod prompt;
 pub mod rate_limits;
 pub mod sends;
