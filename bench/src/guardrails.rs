@@ -75,6 +75,9 @@ pub struct GuardrailsRun {
     /// look-alikes of attack words): every call, and each message's fastest.
     pub benign_latency: Histogram<u64>,
     pub benign_latency_best: Histogram<u64>,
+    /// A fixed computation as long as a benign message's median `check`,
+    /// timed as often: what this machine's interruptions alone do to a p99.
+    pub noise: Histogram<u64>,
 }
 
 impl GuardrailsRun {
@@ -255,10 +258,12 @@ pub fn run() -> Result<GuardrailsRun, String> {
         .collect();
     let benign_texts: Vec<&str> = benign.iter().map(|(_, text)| text.as_str()).collect();
     let (benign_latency, benign_latency_best, _) = latency(&benign_texts)?;
+    let noise = noise_reference(benign_latency.value_at_quantile(0.5))?;
     let (latency, latency_best, latency_messages) = latency(&texts)?;
     let run = GuardrailsRun {
         benign_latency,
         benign_latency_best,
+        noise,
         categories,
         attack_file,
         attacks_found: attacks.is_some(),
@@ -286,7 +291,46 @@ pub fn run() -> Result<GuardrailsRun, String> {
         micros(&run.benign_latency_best, 0.5),
         micros(&run.benign_latency_best, 0.99),
     );
+    println!(
+        "  a fixed computation as long, timed as often (this machine's interruptions alone): p50 {:.1} µs, p99 {:.1} µs",
+        micros(&run.noise, 0.5),
+        micros(&run.noise, 0.99),
+    );
     Ok(run)
+}
+
+/// xorshift rounds (a fixed computation, no memory traffic) timed as often as
+/// `latency` times `check`, sized to take `target_nanos` each: the share of
+/// a p99 that is this machine's, not the code's.
+fn noise_reference(target_nanos: u64) -> Result<Histogram<u64>, String> {
+    let work = |rounds: u64| {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..rounds {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        x
+    };
+    let time = |rounds: u64| {
+        let started = Instant::now();
+        std::hint::black_box(work(std::hint::black_box(rounds)));
+        u64::try_from(started.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    };
+    // Each round a few nanoseconds: sized from the fastest of a few runs
+    // of a million.
+    let per_million = (0..5).map(|_| time(1_000_000)).min().unwrap_or(1);
+    let rounds = target_nanos.saturating_mul(1_000_000) / per_million.max(1);
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).map_err(|err| err.to_string())?;
+    for _ in 0..LATENCY_MESSAGES * LATENCY_ROUNDS {
+        histogram
+            .record(time(rounds))
+            .map_err(|err| err.to_string())?;
+    }
+    Ok(histogram)
 }
 
 /// Messages of exactly `LATENCY_CHARS` characters, each the texts from a

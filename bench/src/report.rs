@@ -574,7 +574,9 @@ the rules were tuned looking at the tuning split's misses only. The attack promp
 (the texts above joined from different starting points), each timed 20 times after a warm-up. Every call: p50 {:.1} µs, p99 {:.1} µs, \
 max {:.1} µs. Each message's fastest call (its cost without the scheduler's interruptions on this shared machine): p50 {:.1} µs, \
 p99 {:.1} µs, max {:.1} µs. Budget: p99 < {BUDGET_P99_MICROS} µs. The same on messages of our benign questions only \
-(built to be dense with look-alikes of attack words: ignore, instructions, system, mode, act as): every call p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; each message's fastest p50 {:.1} µs, p99 {:.1} µs.",
+(built to be dense with look-alikes of attack words: ignore, instructions, system, mode, act as): every call p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; each message's fastest p50 {:.1} µs, p99 {:.1} µs. \
+This machine's share of a p99: a fixed computation (xorshift rounds, no memory traffic) as long as the benign median, timed as often, \
+p50 {:.1} µs, p99 {:.1} µs.",
         run.latency_messages,
         run.p(0.5),
         run.p(0.99),
@@ -587,6 +589,8 @@ p99 {:.1} µs, max {:.1} µs. Budget: p99 < {BUDGET_P99_MICROS} µs. The same on
         run.benign_latency.max() as f64 / 1000.0,
         crate::guardrails::micros(&run.benign_latency_best, 0.5),
         crate::guardrails::micros(&run.benign_latency_best, 0.99),
+        crate::guardrails::micros(&run.noise, 0.5),
+        crate::guardrails::micros(&run.noise, 0.99),
     );
 }
 
@@ -826,13 +830,16 @@ fn budget(results: &Results) -> Vec<Line> {
             ),
             format!(
                 "every call: p50 {:.1} µs, p99 {:.1} µs; each message's fastest: p50 {:.1} µs, p99 {:.1} µs; \
-                 our benign questions only, every call: p50 {:.1} µs, p99 {:.1} µs",
+                 our benign questions only, every call: p50 {:.1} µs, p99 {:.1} µs, each message's fastest p99 {:.1} µs \
+                 (a fixed computation as long: p99 {:.1} µs)",
                 run.p(0.5),
                 run.p(0.99),
                 run.p_best(0.5),
                 run.p_best(0.99),
                 crate::guardrails::micros(&run.benign_latency, 0.5),
                 crate::guardrails::micros(&run.benign_latency, 0.99),
+                crate::guardrails::micros(&run.benign_latency_best, 0.99),
+                crate::guardrails::micros(&run.noise, 0.99),
             ),
             Some(
                 run.p(0.99) < crate::guardrails::BUDGET_P99_MICROS
