@@ -303,18 +303,9 @@ pub fn run() -> Result<GuardrailsRun, String> {
 /// `latency` times `check`, sized to take `target_nanos` each: the share of
 /// a p99 that is this machine's, not the code's.
 fn noise_reference(target_nanos: u64) -> Result<Histogram<u64>, String> {
-    let work = |rounds: u64| {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        for _ in 0..rounds {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-        }
-        x
-    };
     let time = |rounds: u64| {
         let started = Instant::now();
-        std::hint::black_box(work(std::hint::black_box(rounds)));
+        std::hint::black_box(crate::report::xorshift_rounds(std::hint::black_box(rounds)));
         u64::try_from(started.elapsed().as_nanos())
             .unwrap_or(u64::MAX)
             .max(1)

@@ -119,18 +119,24 @@ pub fn machine() -> Vec<(&'static str, String)> {
 /// 2-core VM. Single-threaded arithmetic, and a 1-byte ping-pong over a
 /// loopback TCP connection (syscalls, wake-ups and the loopback path: what
 /// each streamed token costs most of).
+/// `rounds` steps of xorshift64: a fixed computation with no memory traffic
+/// (the speed reference, and section 10's noise line).
+pub fn xorshift_rounds(rounds: u64) -> u64 {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    for _ in 0..rounds {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+    }
+    state
+}
+
 fn speed_reference() -> String {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
     let started = std::time::Instant::now();
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    for _ in 0..50_000_000 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-    }
-    std::hint::black_box(state);
+    std::hint::black_box(xorshift_rounds(std::hint::black_box(50_000_000)));
     let arithmetic = started.elapsed();
 
     const ROUND_TRIPS: u32 = 20_000;

@@ -98,12 +98,9 @@ fn re(pattern: &str) -> Regex {
 /// spaces for whitespace: ASCII classes and a space for `\s` match the same
 /// there, and keep the automata small (a Unicode `\w` is hundreds of
 /// ranges), so the engine's cache holds their states from one message to
-/// the next, and the literals the engine skips to are few. `cache_mib`: the lazy DFA's cache for large unions.
-fn ascii_re(pattern: &str, cache_mib: usize) -> Regex {
-    regex::RegexBuilder::new(&ascii_pattern(pattern))
-        .dfa_size_limit(cache_mib << 20)
-        .build()
-        .expect("valid regex")
+/// the next, and the literals the engine skips to are few.
+fn ascii_re(pattern: &str) -> Regex {
+    Regex::new(&ascii_pattern(pattern)).expect("valid regex")
 }
 
 fn ascii_pattern(pattern: &str) -> String {
@@ -1229,9 +1226,8 @@ struct Rule {
 
 fn rule(pattern: &str, accept: fn(&str, &Captures) -> bool) -> Rule {
     Rule {
-        re: ascii_re(pattern, 2),
         accept: Some(accept),
-        screen: None,
+        ..refusing(pattern)
     }
 }
 
@@ -1246,16 +1242,17 @@ fn screened_rule(pattern: &str, screen: &str, accept: fn(&str, &Captures) -> boo
 /// A rule every match of which refuses.
 fn refusing(pattern: &str) -> Rule {
     Rule {
+        re: ascii_re(pattern),
         accept: None,
-        ..rule(pattern, |_, _| true)
+        screen: None,
     }
 }
 
 /// A refusing rule `SCREEN` finds by the looser `screen`.
 fn refusing_screened(pattern: &str, screen: &str) -> Rule {
     Rule {
-        accept: None,
-        ..screened_rule(pattern, screen, |_, _| true)
+        screen: Some(ascii_pattern(screen)),
+        ..refusing(pattern)
     }
 }
 
@@ -1532,7 +1529,6 @@ fn accept_ai_context(n: &str, c: &Captures) -> bool {
 static AI_WORDS_RE: LazyLock<Regex> = LazyLock::new(|| {
     ascii_re(
         r"\b(?:ai|a\.i|artificial\s+intelligence|chat\s?gpt|gpt[\w.-]*|llm|language\s+model|chat\s?bot|bot|openai|persona|jailbreak|jailbroken|dan|assistant|model)\b",
-        2,
     )
 });
 
@@ -1567,7 +1563,6 @@ fn ceil_boundary(s: &str, mut i: usize) -> usize {
 static DEVICE_RE: LazyLock<Regex> = LazyLock::new(|| {
     ascii_re(
         r"\b(?:phones?|iphones?|android|ios|ipads?|tablets?|devices?|smartphones?|mobiles?|usb|adb|rooted|handsets?|samsung|pixel|huawei|xiaomi|laptop|windows|macos|mac|browser|chrome)\b",
-        2,
     )
 });
 

@@ -134,6 +134,11 @@ impl PatternScreen {
                 .start_state_forward(cache, &input)
                 .map_err(|_| Halt::Stale)?;
         }
+        // A start state computed last may have cleared the cache under the
+        // others.
+        if cache.clear_count() != clears {
+            return Err(Halt::Stale);
+        }
         // A match state after the byte at `end`: matches ending there.
         let mut on_match = |cache: &Cache, sid: LazyStateID, end: usize| {
             for i in 0..dfa.match_len(cache, sid) {
@@ -164,10 +169,8 @@ impl PatternScreen {
         }
         // Each other part goes on until it meets the next one's walk (or
         // dies: a dead state has no match ahead).
-        let mut at_end = [false; K];
-        at_end[K - 1] = true;
+        let mut at_end = [true; K];
         for k in 0..K - 1 {
-            at_end[k] = true;
             for (j, at) in (starts[k + 1]..len).enumerate() {
                 sid[k] = self.step(cache, clears, sid[k], hay, at, &mut on_match)?;
                 if sid[k].is_dead() || (j < kept && sid[k] == recorded[j][k + 1]) {
